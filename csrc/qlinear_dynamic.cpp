@@ -1,0 +1,153 @@
+// sqfx::qlinear_dynamic: fp32 in, fp32 out, int8 block-sparse weights held as
+// plain tensors, activations quantized per row on the fly. Built against the
+// LibTorch stable ABI so one binary serves several torch releases.
+//
+// Every tensor is checked before its memory is touched: dtypes, devices,
+// ranks, lengths and the row pointers (O(row blocks)); block column indices
+// are range-checked inside the kernel as they are read.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <atomic>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace sqfx {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+// |sum_k (q - zp) * w| <= K * 255 * 127 must fit in int32.
+constexpr int64_t kMaxPaddedInFeatures =
+    std::numeric_limits<int32_t>::max() / (255 * 127);
+
+static void check_tensor(const Tensor& t, const char* name, ScalarType dtype,
+                         int64_t dim) {
+  STD_TORCH_CHECK(t.is_cpu(), "sqfx.qlinear_dynamic: ", name,
+                  " must be a CPU tensor");
+  STD_TORCH_CHECK(t.scalar_type() == dtype, "sqfx.qlinear_dynamic: ", name,
+                  " must have dtype ", torch::headeronly::toString(dtype),
+                  ", got ", torch::headeronly::toString(t.scalar_type()));
+  STD_TORCH_CHECK(t.dim() == dim, "sqfx.qlinear_dynamic: ", name, " must be ",
+                  dim, "-D, got ", t.dim(), "-D");
+  STD_TORCH_CHECK(t.is_contiguous(), "sqfx.qlinear_dynamic: ", name,
+                  " must be contiguous");
+}
+
+Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
+                       Tensor col_idx, Tensor w_scale, Tensor w_sum,
+                       std::optional<Tensor> bias, int64_t in_features,
+                       bool relu) {
+  // ---- packed weight ----
+  check_tensor(values, "values", ScalarType::Char, 3);
+  check_tensor(row_ptr, "row_ptr", ScalarType::Int, 1);
+  STD_TORCH_CHECK(col_idx.scalar_type() == ScalarType::Short ||
+                      col_idx.scalar_type() == ScalarType::Int,
+                  "sqfx.qlinear_dynamic: col_idx must be int16 or int32, got ",
+                  torch::headeronly::toString(col_idx.scalar_type()));
+  check_tensor(col_idx, "col_idx", col_idx.scalar_type(), 1);
+  check_tensor(w_scale, "w_scale", ScalarType::Float, 1);
+  check_tensor(w_sum, "w_sum", ScalarType::Int, 1);
+
+  BsrWeight w{};
+  w.N = w_scale.size(0);
+  w.K = in_features;
+  w.nnz = values.size(0);
+  w.row_block = values.size(1);
+  w.col_block = values.size(2);
+  STD_TORCH_CHECK(w.row_block > 0 && w.col_block > 0,
+                  "sqfx.qlinear_dynamic: block sizes must be positive, got ",
+                  w.row_block, "x", w.col_block);
+  STD_TORCH_CHECK(w.K > 0, "sqfx.qlinear_dynamic: in_features must be positive");
+  w.n_row_blocks = (w.N + w.row_block - 1) / w.row_block;
+  w.n_col_blocks = (w.K + w.col_block - 1) / w.col_block;
+  STD_TORCH_CHECK(w.n_col_blocks * w.col_block <= kMaxPaddedInFeatures,
+                  "sqfx.qlinear_dynamic: in_features padded to the block (",
+                  w.n_col_blocks * w.col_block, ") exceeds ",
+                  kMaxPaddedInFeatures, ", where int32 accumulation could overflow");
+  STD_TORCH_CHECK(w_sum.size(0) == w.N, "sqfx.qlinear_dynamic: w_sum has ",
+                  w_sum.size(0), " entries, expected out_features = ", w.N);
+  STD_TORCH_CHECK(row_ptr.size(0) == w.n_row_blocks + 1,
+                  "sqfx.qlinear_dynamic: row_ptr has ", row_ptr.size(0),
+                  " entries, expected ceil(out_features / row_block) + 1 = ",
+                  w.n_row_blocks + 1);
+  STD_TORCH_CHECK(col_idx.size(0) == w.nnz, "sqfx.qlinear_dynamic: col_idx has ",
+                  col_idx.size(0), " entries, values has ", w.nnz, " blocks");
+  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
+  STD_TORCH_CHECK(rp[0] == 0, "sqfx.qlinear_dynamic: row_ptr[0] must be 0, got ", rp[0]);
+  for (int64_t i = 0; i < w.n_row_blocks; ++i) {
+    STD_TORCH_CHECK(rp[i] <= rp[i + 1],
+                    "sqfx.qlinear_dynamic: row_ptr must be non-decreasing, but row_ptr[",
+                    i, "] = ", rp[i], " > row_ptr[", i + 1, "] = ", rp[i + 1]);
+  }
+  STD_TORCH_CHECK(rp[w.n_row_blocks] == w.nnz,
+                  "sqfx.qlinear_dynamic: row_ptr[-1] = ", rp[w.n_row_blocks],
+                  " must equal the number of blocks ", w.nnz);
+  if (bias.has_value()) {
+    check_tensor(*bias, "bias", ScalarType::Float, 1);
+    STD_TORCH_CHECK(bias->size(0) == w.N, "sqfx.qlinear_dynamic: bias has ",
+                    bias->size(0), " entries, expected out_features = ", w.N);
+    w.bias = bias->const_data_ptr<float>();
+  }
+  w.values = values.const_data_ptr<int8_t>();
+  w.row_ptr = rp;
+  w.col_idx_16 = col_idx.scalar_type() == ScalarType::Short;
+  w.col_idx = col_idx.const_data_ptr();
+  w.w_scale = w_scale.const_data_ptr<float>();
+  w.w_sum = w_sum.const_data_ptr<int32_t>();
+
+  // ---- input ----
+  STD_TORCH_CHECK(input.is_cpu(), "sqfx.qlinear_dynamic: input must be a CPU tensor");
+  STD_TORCH_CHECK(input.scalar_type() == ScalarType::Float,
+                  "sqfx.qlinear_dynamic: input must be float32, got ",
+                  torch::headeronly::toString(input.scalar_type()));
+  STD_TORCH_CHECK(input.dim() >= 1, "sqfx.qlinear_dynamic: input must have at least 1 dim");
+  STD_TORCH_CHECK(input.size(input.dim() - 1) == w.K,
+                  "sqfx.qlinear_dynamic: input has ", input.size(input.dim() - 1),
+                  " features in its last dim, the layer expects in_features = ", w.K);
+  Tensor x = torch::stable::contiguous(input);
+  const int64_t M = w.K > 0 ? x.numel() / w.K : 0;
+
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.N;
+  Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
+  if (M > 0 && w.N > 0) {
+    const int64_t ld = w.n_col_blocks * w.col_block;
+    std::vector<uint8_t> q(static_cast<size_t>(M * ld));
+    std::vector<float> a_scale(M);
+    std::vector<int32_t> a_zp(M);
+    QuantizedRows a{q.data(), a_scale.data(), a_zp.data(), M, ld};
+    const float* xp = x.const_data_ptr<float>();
+    torch::stable::parallel_for(0, M, std::max<int64_t>(1, 16384 / w.K),
+                                [&](int64_t b, int64_t e) { quantize_rows(xp, w.K, b, e, a); });
+    float* yp = out.mutable_data_ptr<float>();
+    std::atomic<bool> ok{true};
+    const int64_t work_per_rb = std::max<int64_t>(1, M * (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) *
+                                                    w.row_block * w.col_block);
+    torch::stable::parallel_for(
+        0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
+          if (!bsr_generic(a, w, yp, relu, b, e)) ok.store(false);
+        });
+    STD_TORCH_CHECK(ok.load(), "sqfx.qlinear_dynamic: col_idx holds a block column index outside [0, ",
+                    w.n_col_blocks, ")");
+  }
+  return torch::stable::reshape(out, out_shape);
+}
+
+}  // namespace sqfx
+
+STABLE_TORCH_LIBRARY(sqfx, m) {
+  m.def(
+      "qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx, "
+      "Tensor w_scale, Tensor w_sum, Tensor? bias, int in_features, bool relu) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
+  m.impl("qlinear_dynamic", TORCH_BOX(&sqfx::qlinear_dynamic));
+}

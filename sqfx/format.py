@@ -1,0 +1,294 @@
+"""The packed weight format: int8 block-sparse rows (BSR) held as plain tensors.
+
+For a weight [out_features, in_features] cut into row_block x col_block blocks (the edges
+padded with zeros, so any shape works):
+
+| tensor    | dtype          | shape                        | meaning                                  |
+|-----------|----------------|------------------------------|------------------------------------------|
+| values    | int8           | [nnz, row_block, col_block]  | the kept blocks, row-major inside        |
+| row_ptr   | int32          | [ceil(N / row_block) + 1]    | blocks of row block i: row_ptr[i:i+1]    |
+| col_idx   | int16 or int32 | [nnz]                        | block column of each block, increasing   |
+| w_scale   | float32        | [N]                          | per output channel (per-tensor: equal)   |
+| w_sum     | int32          | [N]                          | sum of the int8 weights of each row      |
+| bias      | float32 / None | [N]                          |                                          |
+
+Weights are symmetric int8 in [-127, 127] with zero point 0. `w_sum` lets the kernel undo the
+activation zero point: sum_k (q_k - zp) w_k = sum_k q_k w_k - zp * w_sum.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+FORMAT_VERSION = 1
+_INT16_MAX = torch.iinfo(torch.int16).max
+
+
+class PackedFormatError(ValueError):
+    """A packed tensor violates an invariant of the format."""
+
+
+@dataclass
+class PackedLinear:
+    values: torch.Tensor
+    row_ptr: torch.Tensor
+    col_idx: torch.Tensor
+    w_scale: torch.Tensor
+    w_sum: torch.Tensor
+    bias: torch.Tensor | None
+    in_features: int
+    out_features: int
+    per_channel: bool = True
+
+    TENSOR_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
+
+    @property
+    def block(self) -> tuple[int, int]:
+        return int(self.values.shape[1]), int(self.values.shape[2])
+
+    @property
+    def n_row_blocks(self) -> int:
+        return math.ceil(self.out_features / self.block[0])
+
+    @property
+    def n_col_blocks(self) -> int:
+        return math.ceil(self.in_features / self.block[1])
+
+    @property
+    def nnz_blocks(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the (padded) blocks that are dropped."""
+        total = self.n_row_blocks * self.n_col_blocks
+        return 1.0 - self.nnz_blocks / total if total else 0.0
+
+    @property
+    def scheme(self) -> str:
+        return "per_channel" if self.per_channel else "per_tensor"
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
+
+    def tensors(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.TENSOR_FIELDS)
+
+    def validate(self) -> "PackedLinear":
+        """Checks every invariant of the format; raises PackedFormatError naming the tensor."""
+        validate_packed(*self.tensors(), in_features=self.in_features, out_features=self.out_features)
+        return self
+
+    def unpack(self) -> torch.Tensor:
+        """The dense dequantized fp32 weight [out_features, in_features]."""
+        from .reference import dense_int8
+
+        w = dense_int8(self.values, self.row_ptr, self.col_idx, self.out_features, self.in_features)
+        return w.float() * self.w_scale[:, None]
+
+    def block_mask(self) -> torch.Tensor:
+        """Bool [n_row_blocks, n_col_blocks]: which blocks are stored."""
+        mask = torch.zeros(self.n_row_blocks, self.n_col_blocks, dtype=torch.bool)
+        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(self.n_row_blocks), counts)
+        mask[rows, self.col_idx.long()] = True
+        return mask
+
+    def __call__(self, input: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return torch.ops.sqfx.qlinear_dynamic(
+            input, *self.tensors(), self.in_features, relu
+        )
+
+
+def _fail(name: str, why: str) -> None:
+    raise PackedFormatError(f"sqfx packed format: {name} {why}")
+
+
+def _check(t, name, dtype, dim):
+    if not isinstance(t, torch.Tensor):
+        _fail(name, f"must be a tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        _fail(name, f"must be on the CPU, got {t.device}")
+    if t.dtype not in (dtype if isinstance(dtype, tuple) else (dtype,)):
+        _fail(name, f"must have dtype {dtype}, got {t.dtype}")
+    if t.dim() != dim:
+        _fail(name, f"must be {dim}-D, got shape {tuple(t.shape)}")
+
+
+def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_features, out_features):
+    """Full O(nnz) check of a packed weight (the op itself checks only what is O(rows))."""
+    _check(values, "values", torch.int8, 3)
+    _check(row_ptr, "row_ptr", torch.int32, 1)
+    _check(col_idx, "col_idx", (torch.int16, torch.int32), 1)
+    _check(w_scale, "w_scale", torch.float32, 1)
+    _check(w_sum, "w_sum", torch.int32, 1)
+    if bias is not None:
+        _check(bias, "bias", torch.float32, 1)
+    if not (isinstance(in_features, int) and in_features > 0):
+        _fail("in_features", f"must be a positive int, got {in_features!r}")
+    if not (isinstance(out_features, int) and out_features > 0):
+        _fail("out_features", f"must be a positive int, got {out_features!r}")
+    nnz, rb, cb = values.shape
+    if rb <= 0 or cb <= 0:
+        _fail("values", f"has a non-positive block size {rb}x{cb}")
+    n_rb, n_cb = math.ceil(out_features / rb), math.ceil(in_features / cb)
+    if w_scale.numel() != out_features:
+        _fail("w_scale", f"has {w_scale.numel()} entries, expected out_features = {out_features}")
+    if not bool(torch.isfinite(w_scale).all()) or not bool((w_scale > 0).all()):
+        _fail("w_scale", "must be finite and positive")
+    if w_sum.numel() != out_features:
+        _fail("w_sum", f"has {w_sum.numel()} entries, expected out_features = {out_features}")
+    if bias is not None and bias.numel() != out_features:
+        _fail("bias", f"has {bias.numel()} entries, expected out_features = {out_features}")
+    if row_ptr.numel() != n_rb + 1:
+        _fail("row_ptr", f"has {row_ptr.numel()} entries, expected ceil(out_features / row_block) + 1 = {n_rb + 1}")
+    if int(row_ptr[0]) != 0:
+        _fail("row_ptr", f"must start at 0, got {int(row_ptr[0])}")
+    counts = row_ptr[1:] - row_ptr[:-1]
+    if bool((counts < 0).any()):
+        _fail("row_ptr", "must be non-decreasing")
+    if int(row_ptr[-1]) != nnz:
+        _fail("row_ptr", f"ends at {int(row_ptr[-1])}, but values holds {nnz} blocks")
+    if bool((counts > n_cb).any()):
+        _fail("row_ptr", f"gives a row block more than n_col_blocks = {n_cb} blocks")
+    if col_idx.numel() != nnz:
+        _fail("col_idx", f"has {col_idx.numel()} entries, but values holds {nnz} blocks")
+    if nnz:
+        if int(col_idx.min()) < 0 or int(col_idx.max()) >= n_cb:
+            _fail("col_idx", f"holds a block column outside [0, {n_cb})")
+        # Strictly increasing inside each row block (so no block is counted twice).
+        steps = col_idx[1:].long() - col_idx[:-1].long()
+        row_starts = row_ptr[1:-1].long()
+        same_row = torch.ones(nnz - 1, dtype=torch.bool)
+        same_row[row_starts[(row_starts > 0) & (row_starts < nnz)] - 1] = False
+        if bool((steps[same_row] <= 0).any()):
+            _fail("col_idx", "must be strictly increasing within each row block")
+    if int(values.abs().max() if nnz else 0) > 127 or bool((values == -128).any()):
+        _fail("values", "must lie in [-127, 127] (symmetric int8)")
+    # Padding (rows >= out_features, columns >= in_features) must hold zeros.
+    from .reference import dense_int8
+
+    padded = dense_int8(values, row_ptr, col_idx, n_rb * rb, n_cb * cb)
+    if bool(padded[out_features:].any()) or bool(padded[:, in_features:].any()):
+        _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
+    expected_sum = padded[:out_features].sum(dim=1, dtype=torch.int64).to(torch.int32)
+    if not torch.equal(expected_sum, w_sum):
+        _fail("w_sum", "does not equal the row sums of the int8 weights")
+
+
+def _as_block(block) -> tuple[int, int]:
+    try:
+        rb, cb = (int(b) for b in block)
+    except (TypeError, ValueError):
+        raise ValueError(f"sqfx: block must be a pair (row_block, col_block), got {block!r}") from None
+    if rb <= 0 or cb <= 0:
+        raise ValueError(f"sqfx: block sizes must be positive, got {rb}x{cb}")
+    return rb, cb
+
+
+def block_view(t: torch.Tensor, block) -> torch.Tensor:
+    """Pads a 2-D tensor to whole blocks and views it as [n_rb, n_cb, rb, cb]."""
+    rb, cb = block
+    n, k = t.shape
+    n_rb, n_cb = math.ceil(n / rb), math.ceil(k / cb)
+    padded = torch.nn.functional.pad(t, (0, n_cb * cb - k, 0, n_rb * rb - n))
+    return padded.reshape(n_rb, rb, n_cb, cb).permute(0, 2, 1, 3)
+
+
+def to_block_mask(mask: torch.Tensor, shape, block, name: str = "weight") -> torch.Tensor:
+    """Turns an element mask [N, K] (block-structured) or a block mask [n_rb, n_cb] into a bool block mask."""
+    rb, cb = block
+    n, k = shape
+    n_rb, n_cb = math.ceil(n / rb), math.ceil(k / cb)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"sqfx: mask for {name} must be a tensor, got {type(mask).__name__}")
+    if mask.dtype.is_complex or mask.dim() != 2:
+        raise ValueError(f"sqfx: mask for {name} must be a real 2-D tensor, got {mask.dtype} {tuple(mask.shape)}")
+    mask = mask.detach().cpu() != 0
+    if tuple(mask.shape) == (n, k):
+        # Pad with the edge values so partial edge blocks are judged on their real part.
+        blocks = block_view(mask.to(torch.int8), block)
+        valid = block_view(torch.ones(n, k, dtype=torch.int8), block)
+        kept = (blocks * valid).sum(dim=(2, 3))
+        size = valid.sum(dim=(2, 3))
+        partial = (kept > 0) & (kept < size)
+        if bool(partial.any()):
+            i, j = (int(v) for v in partial.nonzero()[0])
+            raise ValueError(
+                f"sqfx: mask for {name} is not block-structured for block {rb}x{cb}: block "
+                f"({i}, {j}) keeps {int(kept[i, j])} of {int(size[i, j])} weights"
+            )
+        return kept > 0
+    if tuple(mask.shape) == (n_rb, n_cb):
+        return mask
+    raise ValueError(
+        f"sqfx: mask for {name} has shape {tuple(mask.shape)}; expected the weight's shape {(n, k)} "
+        f"or the block grid {(n_rb, n_cb)} for block {rb}x{cb}"
+    )
+
+
+def symmetric_scales(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """Min-max symmetric int8 scales: max|w| / 127 per output channel (or for the whole tensor)."""
+    amax = weight.abs().amax(dim=1) if per_channel else weight.abs().amax().expand(weight.shape[0])
+    scale = (amax / 127.0).float()
+    return torch.where(scale > 0, scale, torch.ones_like(scale)).contiguous()
+
+
+def pack(
+    weight: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    block=(1, 4),
+    per_channel: bool = True,
+    bias: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+) -> PackedLinear:
+    """Quantizes and packs a dense fp32 weight [out_features, in_features].
+
+    mask: element mask of the weight's shape (must be block-structured) or block mask
+    [ceil(N/rb), ceil(K/cb)]; None keeps every block that holds a non-zero weight.
+    scales: per-output-channel float32 scales from an observer (default: min-max symmetric).
+    """
+    block = _as_block(block)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"sqfx.pack: weight must be a 2-D tensor, got {getattr(weight, 'shape', type(weight))}")
+    if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ValueError(f"sqfx.pack: weight must be floating point, got {weight.dtype}")
+    n, k = weight.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"sqfx.pack: weight has an empty shape {tuple(weight.shape)}")
+    weight = weight.detach().cpu().float()
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("sqfx.pack: weight holds NaN or Inf")
+    if mask is None:
+        block_mask = block_view(weight, block).ne(0).any(dim=3).any(dim=2)
+    else:
+        block_mask = to_block_mask(mask, (n, k), block)
+    # Dropped blocks are zero before the observer sees the weight.
+    masked = (block_view(weight, block) * block_mask[:, :, None, None]).permute(0, 2, 1, 3)
+    masked = masked.reshape(block_mask.shape[0] * block[0], -1)[:n, :k]
+    if scales is None:
+        scales = symmetric_scales(masked, per_channel)
+    else:
+        scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu().reshape(-1)
+        if scales.numel() == 1:
+            scales = scales.expand(n)
+        if scales.numel() != n or not bool(torch.isfinite(scales).all()) or not bool((scales > 0).all()):
+            raise ValueError(f"sqfx.pack: scales must be {n} finite positive values")
+        scales = scales.contiguous()
+    q = torch.round(masked / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    blocks = block_view(q, block)
+    nz = block_mask.nonzero()
+    values = blocks[nz[:, 0], nz[:, 1]].contiguous()
+    n_cb = block_mask.shape[1]
+    col_dtype = torch.int16 if n_cb <= _INT16_MAX else torch.int32
+    col_idx = nz[:, 1].to(col_dtype).contiguous()
+    row_ptr = torch.zeros(block_mask.shape[0] + 1, dtype=torch.int32)
+    row_ptr[1:] = block_mask.sum(dim=1).cumsum(0)
+    w_sum = q.sum(dim=1, dtype=torch.int64).to(torch.int32)
+    if bias is not None:
+        bias = bias.detach().cpu().float().reshape(-1).contiguous()
+        if bias.numel() != n:
+            raise ValueError(f"sqfx.pack: bias has {bias.numel()} entries, expected {n}")
+    return PackedLinear(values, row_ptr, col_idx, scales, w_sum, bias, k, n, per_channel)

@@ -1,0 +1,131 @@
+"""`SparseQuantLinear`: an nn.Module holding a packed int8 block-sparse weight as buffers."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .format import FORMAT_VERSION, PackedFormatError, PackedLinear, pack, validate_packed
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
+# as in torch.ao's quantized linears.
+_BUFFER = {"values": "values", "row_ptr": "row_ptr", "col_idx": "col_idx", "w_scale": "w_scale",
+           "w_sum": "w_sum", "bias": "fp32_bias"}
+
+
+class SparseQuantLinear(nn.Module):
+    """Inference-only linear (+ optional fused ReLU) over `torch.ops.sqfx.qlinear_dynamic`.
+
+    Inputs of any leading shape and any float dtype (computed in float32, returned in the
+    input's dtype). The state_dict holds the packed tensors plus an extra state with the
+    format version and the layer's shape; loading validates every invariant.
+    """
+
+    def __init__(self, packed: PackedLinear, relu: bool = False):
+        super().__init__()
+        packed.validate()
+        self.relu = relu
+        self._set_packed(packed)
+
+    def _set_packed(self, packed: PackedLinear) -> None:
+        self.in_features = packed.in_features
+        self.out_features = packed.out_features
+        self.per_channel = packed.per_channel
+        for name in PackedLinear.TENSOR_FIELDS:
+            self.register_buffer(_BUFFER[name], getattr(packed, name))
+
+    @property
+    def packed(self) -> PackedLinear:
+        return PackedLinear(*(getattr(self, _BUFFER[n]) for n in PackedLinear.TENSOR_FIELDS),
+                            self.in_features, self.out_features, self.per_channel)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, mask=None, block=(1, 4), per_channel: bool = True,
+                   relu: bool = False, scales=None) -> "SparseQuantLinear":
+        """Packs an `nn.Linear` (or `torch.ao.nn.intrinsic.LinearReLU`, fusing its ReLU)."""
+        fused = type(mod).__name__ == "LinearReLU" and isinstance(mod[0], nn.Linear)
+        linear = mod[0] if fused else mod
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseQuantLinear.from_float expects nn.Linear, got {type(mod).__name__}")
+        packed = pack(linear.weight, mask=mask, block=block, per_channel=per_channel,
+                      bias=linear.bias, scales=scales)
+        return cls(packed, relu=relu or fused)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"SparseQuantLinear expects a floating point input, got {input.dtype}")
+        if input.device.type != "cpu":
+            raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
+        x = input if input.dtype == torch.float32 else input.float()
+        y = torch.ops.sqfx.qlinear_dynamic(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
+                                           self.w_sum, self.fp32_bias, self.in_features, self.relu)
+        return y if input.dtype == torch.float32 else y.to(input.dtype)
+
+    # The surface users of torch.ao.nn.sparse.quantized.dynamic.Linear know.
+    def weight(self) -> torch.Tensor:
+        """The dense dequantized fp32 weight (dropped blocks are zero)."""
+        return self.packed.unpack()
+
+    def bias(self) -> torch.Tensor | None:
+        return self.fp32_bias
+
+    def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None, mask=None,
+                        block=None) -> None:
+        """Repacks from a dense fp32 weight; keeps the current block shape unless given."""
+        packed = pack(weight, mask=mask, block=block or self.packed.block,
+                      per_channel=self.per_channel, bias=bias)
+        self._set_packed(packed.validate())
+
+    def extra_repr(self) -> str:
+        p = self.packed
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"block={p.block[0]}x{p.block[1]}, sparsity={p.sparsity:.3f}, "
+                f"scheme=int8_{p.scheme}, relu={self.relu}")
+
+    # ---- state_dict with a format version, validated on load ----
+    def get_extra_state(self):
+        return {"format_version": FORMAT_VERSION, "in_features": self.in_features,
+                "out_features": self.out_features, "per_channel": self.per_channel,
+                "relu": self.relu}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+            raise PackedFormatError(
+                f"SparseQuantLinear: unsupported packed format version "
+                f"{state.get('format_version') if isinstance(state, dict) else state!r}; "
+                f"this sqfx reads version {FORMAT_VERSION}")
+        self._pending_meta = state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # The packed tensors change shape with the sparsity: take them whole, not copy_ into
+        # the current buffers, and validate them together with the metadata.
+        extra_key = prefix + "_extra_state"
+        if extra_key not in state_dict:
+            missing_keys.append(extra_key)
+            return
+        self.set_extra_state(state_dict[extra_key])
+        meta = self._pending_meta
+        del self._pending_meta
+        tensors = {}
+        for name in PackedLinear.TENSOR_FIELDS:
+            key = prefix + _BUFFER[name]
+            if key in state_dict:
+                tensors[name] = state_dict[key]
+            elif name == "bias":
+                tensors[name] = None
+            else:
+                missing_keys.append(key)
+        if len(tensors) != len(PackedLinear.TENSOR_FIELDS):
+            return
+        try:
+            validate_packed(**tensors, in_features=meta["in_features"],
+                            out_features=meta["out_features"])
+        except PackedFormatError as e:
+            error_msgs.append(f"while loading {prefix or 'SparseQuantLinear'}: {e}")
+            return
+        packed = PackedLinear(**{k: (v.clone() if v is not None else None) for k, v in tensors.items()},
+                              in_features=meta["in_features"], out_features=meta["out_features"],
+                              per_channel=bool(meta["per_channel"]))
+        self._set_packed(packed)
+        self.relu = bool(meta["relu"])

@@ -1,0 +1,65 @@
+"""The sqfx ops: loads the compiled library and registers what torch needs to trace it.
+
+`sqfx::qlinear_dynamic(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu)`
+is defined in C++ (csrc/qlinear_dynamic.cpp). Here it gets a fake (meta) kernel, so
+`torch.compile` and `torch.export` can trace it, and an autograd formula that refuses
+backward: the op is for inference only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _load_library() -> None:
+    here = Path(__file__).parent
+    candidates = sorted(here.glob("_C*.so"))
+    if not candidates:
+        raise ImportError(
+            f"sqfx: the compiled op library (sqfx/_C*.so) is missing in {here}; "
+            "install sqfx with `pip install -e .` to build it"
+        )
+    torch.ops.load_library(str(candidates[0]))
+
+
+_load_library()
+
+
+@torch.library.register_fake("sqfx::qlinear_dynamic")
+def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu):
+    torch._check(input.dtype == torch.float32, lambda: "sqfx.qlinear_dynamic: input must be float32")
+    torch._check(input.dim() >= 1, lambda: "sqfx.qlinear_dynamic: input must have at least 1 dim")
+    torch._check(
+        input.shape[-1] == in_features,
+        lambda: f"sqfx.qlinear_dynamic: input has {input.shape[-1]} features, "
+        f"the layer expects in_features = {in_features}",
+    )
+    return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
+
+
+def _backward(ctx, grad):
+    raise RuntimeError(
+        "sqfx.qlinear_dynamic is inference-only: it has no backward. Run the converted "
+        "model under torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
+    )
+
+
+torch.library.register_autograd("sqfx::qlinear_dynamic", _backward)
+
+
+def qlinear_dynamic(
+    input: torch.Tensor,
+    values: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Calls `torch.ops.sqfx.qlinear_dynamic`; see docs/design.md for the numerics."""
+    return torch.ops.sqfx.qlinear_dynamic(
+        input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu
+    )
