@@ -23,10 +23,6 @@ namespace sqfx {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
-// |sum_k (q - zp) * w| <= K * 255 * 127 must fit in int32.
-constexpr int64_t kMaxPaddedInFeatures =
-    std::numeric_limits<int32_t>::max() / (255 * 127);
-
 static void check_tensor(const Tensor& t, const char* name, ScalarType dtype,
                          int64_t dim) {
   STD_TORCH_CHECK(t.is_cpu(), "sqfx.qlinear_dynamic: ", name,
@@ -67,10 +63,6 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   STD_TORCH_CHECK(w.K > 0, "sqfx.qlinear_dynamic: in_features must be positive");
   w.n_row_blocks = (w.N + w.row_block - 1) / w.row_block;
   w.n_col_blocks = (w.K + w.col_block - 1) / w.col_block;
-  STD_TORCH_CHECK(w.n_col_blocks * w.col_block <= kMaxPaddedInFeatures,
-                  "sqfx.qlinear_dynamic: in_features padded to the block (",
-                  w.n_col_blocks * w.col_block, ") exceeds ",
-                  kMaxPaddedInFeatures, ", where int32 accumulation could overflow");
   STD_TORCH_CHECK(w_sum.size(0) == w.N, "sqfx.qlinear_dynamic: w_sum has ",
                   w_sum.size(0), " entries, expected out_features = ", w.N);
   STD_TORCH_CHECK(row_ptr.size(0) == w.n_row_blocks + 1,

@@ -1,7 +1,7 @@
 """Plain-PyTorch twin of `sqfx::qlinear_dynamic`, the oracle for every kernel.
 
 Same integer semantics as the C++ op: activations quantized per row to uint8 with a zero
-point, exact int32 accumulation, then `float(acc) * (a_scale * w_scale) + bias`, ReLU.
+point, exact integer accumulation, then `float(acc) * (a_scale * w_scale) + bias`, ReLU.
 Every float step is one IEEE float32 operation, so the C++ op matches bit for bit.
 """
 from __future__ import annotations
@@ -46,13 +46,13 @@ def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) ->
 
 
 def accumulators(x2d, values, row_ptr, col_idx, w_sum, out_features, in_features):
-    """Exact int32 accumulators sum_k (q - zp) * w, and the activation scales."""
+    """Exact integer accumulators sum_k (q - zp) * w (int64), and the activation scales."""
     q, a_scale, zp = quantize_rows(x2d)
     w = dense_int8(values, row_ptr, col_idx, out_features, in_features)
-    # float64 is exact here: every partial sum is an integer below 2**53.
+    # float64 is exact here: every partial sum is an integer below 2**53 (K < 2**37).
     acc = (q.double() @ w.double().T).round().long()
     acc = acc - zp.long()[:, None] * w_sum.long()[None, :]
-    return acc.to(torch.int32), a_scale
+    return acc, a_scale
 
 
 def qlinear_dynamic(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu=False):

@@ -1,5 +1,6 @@
-// Portable block-sparse kernel for any row_block x col_block. Exact int32
-// accumulation of uint8 x int8 products (no 16-bit intermediates), then the
+// Portable block-sparse kernel for any row_block x col_block. Exact integer
+// accumulation of uint8 x int8 products (int64,
+// so no in_features can overflow; no 16-bit intermediates), then the
 // shared epilogue. The fast ISA-specific kernels must match it bit for bit.
 #include "kernels.h"
 
@@ -12,7 +13,7 @@ static bool bsr_generic_impl(const QuantizedRows& a, const BsrWeight& w,
                              const Index* col_idx, float* out, bool relu,
                              int64_t rb_begin, int64_t rb_end) {
   const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
-  std::vector<int32_t> acc(rb);
+  std::vector<int64_t> acc(rb);
   bool ok = true;
   for (int64_t m = 0; m < a.M; ++m) {
     const uint8_t* q = a.q + m * a.ld;
@@ -30,7 +31,7 @@ static bool bsr_generic_impl(const QuantizedRows& a, const BsrWeight& w,
         const uint8_t* qa = q + col * cb;
         const int8_t* v = w.values + j * block;
         for (int64_t r = 0; r < rb; ++r) {
-          int32_t s = 0;
+          int64_t s = 0;
           for (int64_t c = 0; c < cb; ++c) {
             s += static_cast<int32_t>(qa[c]) * static_cast<int32_t>(v[r * cb + c]);
           }

@@ -33,16 +33,22 @@ struct BsrWeight {
 void quantize_rows(const float* x, int64_t K, int64_t m_begin, int64_t m_end,
                    const QuantizedRows& out);
 
-// Portable kernel, any block shape. Computes output rows [0, M) for the
+// Portable kernel, any block shape, int64 accumulators (any in_features). Computes output rows [0, M) for the
 // row blocks [rb_begin, rb_end). Returns false if it met a block column
 // index out of range (the output is then garbage and the op raises).
 bool bsr_generic(const QuantizedRows& a, const BsrWeight& w, float* out,
                  bool relu, int64_t rb_begin, int64_t rb_end);
 
+// |sum_k (q - zp) * w| <= K_padded * 255 * 127: int32 accumulators are exact
+// up to this many (padded) input features. Kernels that accumulate in int32
+// may only run below it; the generic kernel accumulates in int64.
+constexpr int64_t kMaxInt32InFeatures = 2147483647LL / (255 * 127);
+
 // Shared epilogue: y = float(acc - zp * w_sum) * (a_scale * w_scale) + bias.
-inline float epilogue(int32_t acc, int32_t zp, int32_t w_sum, float a_scale,
+// acc is the exact integer accumulator; float() rounds to nearest.
+inline float epilogue(int64_t acc, int32_t zp, int32_t w_sum, float a_scale,
                       float w_scale, const float* bias, int64_t n, bool relu) {
-  int32_t corrected = acc - zp * w_sum;
+  int64_t corrected = acc - static_cast<int64_t>(zp) * w_sum;
   float y = static_cast<float>(corrected) * (a_scale * w_scale);
   if (bias) y = y + bias[n];
   if (relu) y = (y < 0.0f) ? 0.0f : y;  // keeps NaN, as torch.relu does
