@@ -1,0 +1,15 @@
+"""A tiny model factory for the CLI tests (`tests.cli_factory:make_mlp`)."""
+import torch
+from torch import nn
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 16))
+
+
+def example_inputs():
+    return (torch.randn(3, 32, generator=torch.Generator().manual_seed(1)),)
+
+
+NOT_A_MODULE = 42
