@@ -220,7 +220,7 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
         except Exception as e:
             notes.append(f"export: skipped, torch.export failed: {type(e).__name__}: {str(e)[:300]}")
     sparsities = [m.packed.sparsity for m in converted.modules() if isinstance(m, sqfx.SparseQuantLinear)]
-    return {"rows": rows, "cosine": cosines, "export": exported, "notes": notes,
+    return {"rows": rows, "cosine": cosines, "export": exported, "notes": notes, "model": converted,
             "layers": len(sparsities),
             "block_sparsity": sum(sparsities) / len(sparsities) if sparsities else 0.0}
 

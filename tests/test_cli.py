@@ -40,18 +40,24 @@ def test_convert_writes_a_pt2_that_runs_like_the_converted_model(tmp_path):
     assert torch.equal(ep.module()(x), converted(x))
 
 
-def test_report_from_factory_and_from_pt2_agree(tmp_path):
+def test_report_from_factory_and_from_pt2_agree(tmp_path, capsys, monkeypatch):
+    from sqfx.cli import main
+
+    monkeypatch.chdir(REPO)
     out = tmp_path / "m.pt2"
-    assert run_cli("convert", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "-o", str(out)).returncode == 0
-    a = run_cli("report", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "--json")
-    b = run_cli("report", str(out), "--json")
-    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    ra, rb = json.loads(a.stdout), json.loads(b.stdout)
+    assert main(["convert", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "--json"]) == 0
+    ra = json.loads(capsys.readouterr().out)
+    b = run_cli("report", str(out), "--json")  # a fresh process: the .pt2 loads after `import sqfx`
+    assert b.returncode == 0, b.stderr
+    rb = json.loads(b.stdout)
     for x, y in zip(ra, rb, strict=True):
         assert (x["name"], x["shape"], x["block"], x["act_mode"]) == (y["name"], y["shape"], y["block"], y["act_mode"])
         assert x["sparsity"] == pytest.approx(y["sparsity"])
         assert y["sqnr_db"] is None  # the .pt2 has no fp32 weight to compare with
-    table = run_cli("report", FACTORY).stdout
+    assert main(["report", FACTORY]) == 0
+    table = capsys.readouterr().out
     assert "act mode" in table and "dynamic_int8" in table and "64x32" in table
 
 
