@@ -117,7 +117,8 @@ def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block) -> torch.
 
 
 def convert_model(model: nn.Module, sparsity: float = 0.0, block=(1, 4), per_channel: bool = True,
-                  include: str | None = None, progress: bool | None = None) -> tuple[nn.Module, list, nn.Module]:
+                  include: str | None = None, progress: bool | None = None, act_modes=None
+                  ) -> tuple[nn.Module, list, nn.Module]:
     """A converted copy of `model`, its per-layer report rows, and the fp32 model with the same mask.
 
     ADAPTER: swaps each selected nn.Linear for SparseQuantLinear (module by module). When the
@@ -138,7 +139,9 @@ def convert_model(model: nn.Module, sparsity: float = 0.0, block=(1, 4), per_cha
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
         mask = block_magnitude_mask(linear.weight, sparsity, block) if sparsity > 0 else None
-        layer = SparseQuantLinear.from_float(linear, mask=mask, block=tuple(block), per_channel=per_channel)
+        mode = (act_modes or {}).get(fqn, "dynamic_int8") if not isinstance(act_modes, str) else act_modes
+        layer = SparseQuantLinear.from_float(linear, mask=mask, block=tuple(block), per_channel=per_channel,
+                                             act_mode=mode)
         fp32_weight = _masked_weight(linear.weight, mask, block)
         rows.append(layer_row(fqn, layer, fp32_weight=fp32_weight))
         with torch.no_grad():
@@ -168,9 +171,13 @@ class LayerRow:
     est_speedup: float
 
 
-def _kernel_name(block) -> str:
-    # The op dispatches at run time; main ships the portable kernel only. Kept in one place
-    # so the report follows when ISA-specific kernels land.
+def _kernel_name(block, act_mode: str = "dynamic_int8") -> str:
+    # The ops dispatch at run time. qlinear_dynamic: main ships the portable kernel only (kept
+    # in one place so the report follows when ISA-specific kernels land). qlinear_weight_only:
+    # AVX2+FMA where the CPU has it, else portable.
+    if act_mode == "weight_only":
+        fast = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        return "wo_avx2" if fast else "wo_generic"
     return "bsr_generic"
 
 
@@ -184,7 +191,8 @@ def layer_row(fqn: str, layer: SparseQuantLinear, fp32_weight: torch.Tensor | No
     # Estimated speedup of a memory-bound layer: dense fp32 weight bytes / packed bytes.
     dense_bytes = 4 * p.out_features * p.in_features
     return LayerRow(fqn, f"{p.out_features}x{p.in_features}", f"{p.block[0]}x{p.block[1]}", p.sparsity,
-                    getattr(layer, "act_mode", "dynamic_int8"), _kernel_name(p.block), sqnr,
+                    getattr(layer, "act_mode", "dynamic_int8"),
+                    _kernel_name(p.block, getattr(layer, "act_mode", "dynamic_int8")), sqnr,
                     dense_bytes / max(1, p.nbytes()))
 
 
@@ -201,16 +209,28 @@ def rows_from_pt2(path: Path) -> list:
     lookup = {**sig.inputs_to_buffers, **sig.inputs_to_parameters,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     tensors = {**ep.state_dict, **ep.constants}
+    from .reference import dense_int8
+
+    def tensor(a):
+        return None if a is None else tensors[lookup[a.name]]
+
     rows = []
     for node in ep.graph.nodes:
-        if node.op != "call_function" or "sqfx" not in str(node.target):
+        target = str(node.target)
+        if node.op != "call_function" or not target.startswith("sqfx."):
             continue
-        args = []
-        for a in node.args[1:7]:
-            args.append(None if a is None else tensors[lookup[a.name]])
-        in_features = int(node.args[7])
-        packed = PackedLinear(*args, in_features=in_features, out_features=int(args[3].shape[0]))
-        layer = SparseQuantLinear(packed, relu=bool(node.args[8]))
+        if "qlinear_weight_only" in target:  # (x, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
+            values, row_ptr, col_idx, w_scale, bias = (tensor(a) for a in node.args[1:6])
+            in_features, relu, mode = int(node.args[6]), bool(node.args[7]), "weight_only"
+            w_sum = dense_int8(values, row_ptr, col_idx, w_scale.shape[0], in_features).sum(1, dtype=torch.int32)
+        elif "qlinear_dynamic" in target:  # (x, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu)
+            values, row_ptr, col_idx, w_scale, w_sum, bias = (tensor(a) for a in node.args[1:7])
+            in_features, relu, mode = int(node.args[7]), bool(node.args[8]), "dynamic_int8"
+        else:
+            continue
+        packed = PackedLinear(values, row_ptr, col_idx, w_scale, w_sum, bias, in_features=in_features,
+                              out_features=int(w_scale.shape[0]))
+        layer = SparseQuantLinear(packed, relu=relu, act_mode=mode)
         name = node.meta.get("nn_module_stack", {})
         fqn = list(name.values())[-1][0] if name else node.name
         rows.append(layer_row(fqn, layer))
@@ -219,7 +239,7 @@ def rows_from_pt2(path: Path) -> list:
 
 def format_rows(rows: list) -> str:
     head = (f"{'layer':<40} {'shape':>11} {'block':>5} {'sparsity':>8} {'act mode':>12} "
-            f"{'kernel':>11} {'SQNR dB':>8} {'est. speedup':>12}")
+            f"{'kernel':>11} {'wSQNR dB':>8} {'est. speedup':>12}")
     out = [head, "-" * len(head)]
     for r in rows:
         sqnr = "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}"
@@ -227,8 +247,9 @@ def format_rows(rows: list) -> str:
                    f"{r.kernel:>11} {sqnr:>8} {r.est_speedup:>11.1f}x")
     if rows:
         mean = sum(r.sparsity for r in rows) / len(rows)
-        out.append(f"{len(rows)} layers, mean block sparsity {mean:.3f}; est. speedup = fp32 weight bytes / "
-                   "packed bytes (memory-bound bound, not a measurement)")
+        out.append(f"{len(rows)} layers, mean block sparsity {mean:.3f}; wSQNR: packed int8 weight vs the "
+                   "masked fp32 weight; est. speedup = fp32 weight bytes / packed bytes (the bound of a "
+                   "memory-bound layer, not a measurement)")
     return "\n".join(out)
 
 
@@ -269,6 +290,10 @@ def _add_conversion_args(p):
     p.add_argument("--include", help="fnmatch pattern of the linear names to convert (default all)")
     p.add_argument("--inputs", help="'module:attr' giving example inputs (tensor or tuple)")
     p.add_argument("--input-shape", help="comma-separated shape of one float example input")
+    p.add_argument("--act-mode", choices=("dynamic_int8", "weight_only", "auto"), default="dynamic_int8",
+                   help="activation mode of every layer; 'auto' picks per layer from a calibration run on "
+                        "the example inputs (weight_only where dynamic int8 falls below --threshold-db)")
+    p.add_argument("--threshold-db", type=float, default=30.0, help="SQNR threshold of --act-mode auto")
 
 
 def _convert_from_args(args):
@@ -277,8 +302,19 @@ def _convert_from_args(args):
     if min(args.block) <= 0:
         raise CliError(f"--block sizes must be positive, got {args.block}")
     model = load_model(args.source)
+    act_modes = args.act_mode
+    if act_modes == "auto":
+        from .lowering.act_mode import choose_activation_modes
+
+        inputs = example_inputs(model, args.inputs, args.input_shape)
+        masks = None
+        if args.sparsity > 0:
+            masks = {n: block_magnitude_mask(m.weight, args.sparsity, tuple(args.block))
+                     for n, m in model.named_modules() if type(m) is nn.Linear}
+        act_modes = choose_activation_modes(model, inputs, masks=masks, block=tuple(args.block),
+                                            per_channel=not args.per_tensor, threshold_db=args.threshold_db)
     converted, rows, masked = convert_model(model, args.sparsity, tuple(args.block), not args.per_tensor,
-                                            args.include)
+                                            args.include, act_modes=act_modes)
     return masked, converted, rows
 
 

@@ -103,3 +103,21 @@ def test_saved_model_file_and_include(tmp_path, capsys):
 
     assert main(["report", str(path), "--include", "2", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["2"]
+
+
+def test_act_modes_reach_the_pt2_and_its_report(tmp_path, capsys, monkeypatch):
+    from sqfx.cli import main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "wo.pt2"
+    assert main(["convert", FACTORY, "--act-mode", "weight_only", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["act_mode"] for r in rows] == ["weight_only"] * 3
+    assert all(r["kernel"].startswith("wo_") for r in rows)
+    # auto: a threshold above every layer's SQNR picks weight_only everywhere, below none.
+    assert main(["report", FACTORY, "--act-mode", "auto", "--threshold-db", "1000", "--json"]) == 0
+    assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"weight_only"}
+    assert main(["report", FACTORY, "--act-mode", "auto", "--threshold-db", "-1000", "--json"]) == 0
+    assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"dynamic_int8"}
