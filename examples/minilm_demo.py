@@ -58,6 +58,12 @@ SENTENCES = [
 ]
 
 
+CALIBRATION = [
+    "A short note about the weather in spring.", "Neural networks learn representations from data.",
+    "Where is the nearest pharmacy open at night?", "The orchestra played Beethoven's fifth symphony.",
+]
+
+
 # ---------------------------------------------------------------- pruning
 def encoder_linears(model: nn.Module, prefix: str = "encoder.") -> dict[str, nn.Linear]:
     """The nn.Linear layers of the encoder stack, by fully qualified name."""
@@ -95,13 +101,21 @@ def block_prune_(model: nn.Module, sparsity: float, block=(1, 4), prefix: str = 
 # nn.Linear for sqfx.SparseQuantLinear.from_float; once the FX pass lands, `converter="fx"`
 # (or making it the default) routes through sqfx.prepare_and_convert with the same masks.
 def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = True,
-            converter: str = "modules", example_inputs=None, progress: bool = True) -> nn.Module:
-    """A converted copy of `model`: the linears named in `masks` become sqfx layers."""
+            converter: str = "modules", example_inputs=None, progress: bool = True,
+            act_modes: dict | None = None) -> nn.Module:
+    """A converted copy of `model`: the linears named in `masks` become sqfx layers.
+
+    act_modes: {fqn: "dynamic_int8" | "weight_only"} (missing layers: dynamic_int8).
+    """
+    from sqfx.lowering.act_mode import apply_activation_modes
+
     if converter == "fx":
         config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
-                                        masks=masks, include=list(masks))
+                                        masks={k: v for k, v in masks.items() if v is not None},
+                                        include=list(masks))
         out = sqfx.prepare_and_convert(model, config, example_inputs)
-        return out[0] if isinstance(out, tuple) else out
+        out = out[0] if isinstance(out, tuple) else out
+        return apply_activation_modes(out, act_modes or {})
     if converter != "modules":
         raise ValueError(f"converter must be 'modules' or 'fx', got {converter!r}")
     model = copy.deepcopy(model)
@@ -109,7 +123,8 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, sqfx.SparseQuantLinear.from_float(
-            getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel))
+            getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel,
+            act_mode=(act_modes or {}).get(fqn, "dynamic_int8")))
     return model
 
 
@@ -174,17 +189,38 @@ def export_pt2(model: nn.Module, inputs: dict, path) -> Path:
 # ---------------------------------------------------------------- the pipeline
 def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, block=(1, 4),
                  shapes=((1, 128), (8, 128)), iters: int = 5, compile_: bool = True,
-                 export_path=None, converter: str = "modules", progress: bool = True) -> dict:
-    """Prunes, converts, measures. Returns {"rows": [...], "cosine": {...}, "export": ..., "notes": [...]}."""
+                 export_path=None, converter: str = "modules", progress: bool = True,
+                 act_mode: str = "auto", threshold_db: float = 30.0, calibration_inputs=None,
+                 weight_only_row: bool = True) -> dict:
+    """Prunes, converts, measures. Returns {"rows": [...], "cosine": {...}, "export": ..., "notes": [...]}.
+
+    act_mode: "auto" (per layer, from a calibration run on `calibration_inputs`, default the
+    first 4 eval rows), "dynamic_int8" or "weight_only" for every layer.
+    weight_only_row: also measure the all-weight-only conversion ("sqfx weight-only").
+    """
+    from sqfx.lowering.act_mode import choose_activation_modes
+
     model = model.eval()
     notes = []
     masked = copy.deepcopy(model)
     masks = block_prune_(masked, sparsity, block)
     example = (eval_inputs["input_ids"][:1], eval_inputs["attention_mask"][:1])
-    converted = convert(masked, masks, block, converter=converter, example_inputs=example, progress=progress)
+    if act_mode == "auto":
+        cal = calibration_inputs or {k: v[:4] for k, v in eval_inputs.items()}
+        act_modes = choose_activation_modes(masked, cal, masks=masks, block=block, names=list(masks),
+                                            threshold_db=threshold_db)
+    elif act_mode in ("dynamic_int8", "weight_only"):
+        act_modes = {fqn: act_mode for fqn in masks}
+    else:
+        raise ValueError(f"act_mode must be 'auto', 'dynamic_int8' or 'weight_only', got {act_mode!r}")
+    converted = convert(masked, masks, block, converter=converter, example_inputs=example, progress=progress,
+                        act_modes=act_modes)
     dyn_int8 = torch_dynamic_int8(masked)
 
     variants = {"fp32 eager": masked, "torch dynamic int8": dyn_int8, "sqfx eager": converted}
+    if weight_only_row and act_mode != "weight_only":
+        variants["sqfx weight-only"] = convert(masked, masks, block, converter=converter, example_inputs=example,
+                                               progress=False, act_modes={fqn: "weight_only" for fqn in masks})
     if compile_ and sqfx_backend_available():
         # The compile door: Dynamo hands the masked fp32 graph to sqfx's backend, which packs
         # (all-zero blocks are dropped) and lowers to the sqfx op.
@@ -221,6 +257,7 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
             notes.append(f"export: skipped, torch.export failed: {type(e).__name__}: {str(e)[:300]}")
     sparsities = [m.packed.sparsity for m in converted.modules() if isinstance(m, sqfx.SparseQuantLinear)]
     return {"rows": rows, "cosine": cosines, "export": exported, "notes": notes, "model": converted,
+            "act_modes": act_modes,
             "layers": len(sparsities),
             "block_sparsity": sum(sparsities) / len(sparsities) if sparsities else 0.0}
 
@@ -253,6 +290,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=5, help="timed runs per cell (median reported)")
     ap.add_argument("--export", default="minilm_sqfx.pt2", help="where to save the .pt2 ('' to skip)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    ap.add_argument("--act-mode", choices=("auto", "dynamic_int8", "weight_only"), default="auto",
+                    help="activation mode of the 'sqfx' rows; auto: per layer from a calibration run")
+    ap.add_argument("--threshold-db", type=float, default=30.0,
+                    help="auto: weight_only where dynamic int8's output SQNR is below this")
     ap.add_argument("--converter", choices=("modules", "fx"), default="modules",
                     help="'fx' converts through sqfx.prepare_and_convert")
     args = ap.parse_args(argv)
@@ -262,12 +303,22 @@ def main(argv=None) -> int:
     model, tok = load_minilm()
     eval_inputs = dict(tok(SENTENCES, padding=True, return_tensors="pt"))
     eval_inputs = {k: eval_inputs[k] for k in ("input_ids", "attention_mask")}
+    # Calibration text distinct from the evaluation sentences.
+    cal = dict(tok(CALIBRATION, padding=True, return_tensors="pt"))
+    calibration = {k: cal[k] for k in ("input_ids", "attention_mask")}
     result = run_pipeline(model, eval_inputs, sparsity=args.sparsity, block=tuple(args.block),
                           iters=args.iters, compile_=not args.no_compile,
-                          export_path=args.export or None, converter=args.converter)
+                          export_path=args.export or None, converter=args.converter,
+                          act_mode=args.act_mode, threshold_db=args.threshold_db,
+                          calibration_inputs=calibration)
     print(f"\nall-MiniLM-L6-v2, {result['layers']} encoder linears at block {args.block[0]}x{args.block[1]}, "
           f"block sparsity {result['block_sparsity']:.2f}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    modes = result["act_modes"]
+    n_wo = sum(m == "weight_only" for m in modes.values())
+    print(f"sqfx eager: activation mode {args.act_mode}"
+          + (f" (threshold {args.threshold_db} dB)" if args.act_mode == "auto" else "")
+          + f": {n_wo} of {len(modes)} layers weight-only, the rest dynamic int8")
     print("cosine: mean sentence-embedding cosine vs the fp32 model with the same mask "
           f"({len(SENTENCES)} sentences)\n")
     print(format_table(result))
