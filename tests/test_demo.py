@@ -58,13 +58,15 @@ def test_pipeline_on_tiny_bert(demo, tiny_bert, tmp_path):
     result = demo.run_pipeline(tiny_bert, inputs, sparsity=0.6, shapes=((1, 8), (2, 8)), iters=1,
                                export_path=out, progress=False)
     names = {r["variant"] for r in result["rows"]}
-    assert {"fp32 eager", "torch dynamic int8", "sqfx eager"} <= names
+    assert {"fp32 eager", "torch dynamic int8", "sqfx eager", "sqfx weight-only"} <= names
+    assert len(result["act_modes"]) == 12 and set(result["act_modes"].values()) <= {"dynamic_int8", "weight_only"}
     if not demo.sqfx_backend_available():
         assert any("sqfx compiled: skipped" in n for n in result["notes"])
     assert len(result["rows"]) == 2 * len(names)
     assert result["layers"] == 12 and abs(result["block_sparsity"] - 0.6) < 0.01
     assert result["cosine"]["fp32 eager"] == pytest.approx(1.0, abs=1e-6)
     assert result["cosine"]["sqfx eager"] > 0.99
+    assert result["cosine"]["sqfx weight-only"] > 0.99
     assert all(r["ms"] > 0 and r["speedup"] > 0 for r in result["rows"])
     assert "sqfx eager" in demo.format_table(result)
     # The exported program holds the sqfx op and reproduces the eager converted model.
@@ -94,3 +96,15 @@ def test_converted_model_matches_masked_fp32_within_quantization_error(demo, tin
     assert demo.cosine(converted, ref, inputs) > 0.99
     with pytest.raises(ValueError, match="converter"):
         demo.convert(masked, masks, converter="nope")
+
+
+def test_act_mode_choices(demo, tiny_bert):
+    inputs = demo.random_inputs(2, 8, 120, seed=4)
+    for mode in ("dynamic_int8", "weight_only"):
+        result = demo.run_pipeline(tiny_bert, inputs, sparsity=0.5, shapes=((1, 8),), iters=1, compile_=False,
+                                   progress=False, act_mode=mode, weight_only_row=False)
+        assert set(result["act_modes"].values()) == {mode}
+        layers = [m for m in result["model"].modules() if isinstance(m, sqfx.SparseQuantLinear)]
+        assert {m.act_mode for m in layers} == {mode}
+    with pytest.raises(ValueError, match="act_mode must be"):
+        demo.run_pipeline(tiny_bert, inputs, act_mode="int4", progress=False)

@@ -25,18 +25,30 @@ def setup():
     model, tok = demo.load_minilm()
     enc = tok(demo.SENTENCES, padding=True, return_tensors="pt")
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    return demo, model, inputs, demo.mean_pooled(model, inputs)
+    return demo, model, tok, inputs, demo.mean_pooled(model, inputs)
 
 
 @pytest.mark.slow
 def test_minilm_accuracy_at_zero_sparsity(setup):
-    demo, model, inputs, ref = setup
+    demo, model, tok, inputs, ref = setup
+    from sqfx.lowering.act_mode import choose_activation_modes
+
     masks = {name: None for name in demo.encoder_linears(model)}
+    enc = tok(demo.CALIBRATION, padding=True, return_tensors="pt")
+    cal = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    auto = choose_activation_modes(model, cal, names=list(masks))
     cos = {
         "torch per-tensor": demo.cosine(demo.torch_dynamic_int8(model, per_channel=False), ref, inputs),
         "torch per-channel": demo.cosine(demo.torch_dynamic_int8(model, per_channel=True), ref, inputs),
         "sqfx default": demo.cosine(demo.convert(model, masks, progress=False), ref, inputs),
+        "sqfx auto": demo.cosine(demo.convert(model, masks, progress=False, act_modes=auto), ref, inputs),
+        "sqfx weight-only": demo.cosine(demo.convert(model, masks, progress=False,
+                                                     act_modes={n: "weight_only" for n in masks}), ref, inputs),
     }
-    print("\nMiniLM mean cosine vs fp32 at 0% sparsity: " + ", ".join(f"{k} {v:.5f}" for k, v in cos.items()))
+    n_wo = sum(m == "weight_only" for m in auto.values())
+    print(f"\nMiniLM mean cosine vs fp32 at 0% sparsity (auto: {n_wo}/{len(auto)} layers weight-only): "
+          + ", ".join(f"{k} {v:.5f}" for k, v in cos.items()))
     assert cos["sqfx default"] >= 0.995
     assert cos["sqfx default"] > cos["torch per-channel"] > cos["torch per-tensor"]
+    assert cos["sqfx auto"] >= 0.995
+    assert cos["sqfx weight-only"] > cos["sqfx default"]
