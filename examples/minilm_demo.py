@@ -107,15 +107,17 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
 
     act_modes: {fqn: "dynamic_int8" | "weight_only"} (missing layers: dynamic_int8).
     """
-    from sqfx.lowering.act_mode import apply_activation_modes
 
     if converter == "fx":
         config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
                                         masks={k: v for k, v in masks.items() if v is not None},
                                         include=list(masks))
+        if any(m != "dynamic_int8" for m in (act_modes or {}).values()):
+            # The FX pass emits sqfx.qlinear_dynamic only, as graph calls rather than modules.
+            raise ValueError("converter='fx' supports act_mode dynamic_int8 only (for now); "
+                             "use the module converter for weight_only / auto")
         out = sqfx.prepare_and_convert(model, config, example_inputs)
-        out = out[0] if isinstance(out, tuple) else out
-        return apply_activation_modes(out, act_modes or {})
+        return out[0] if isinstance(out, tuple) else out
     if converter != "modules":
         raise ValueError(f"converter must be 'modules' or 'fx', got {converter!r}")
     model = copy.deepcopy(model)
@@ -219,8 +221,8 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
 
     variants = {"fp32 eager": masked, "torch dynamic int8": dyn_int8, "sqfx eager": converted}
     if weight_only_row and act_mode != "weight_only":
-        variants["sqfx weight-only"] = convert(masked, masks, block, converter=converter, example_inputs=example,
-                                               progress=False, act_modes={fqn: "weight_only" for fqn in masks})
+        variants["sqfx weight-only"] = convert(masked, masks, block, progress=False,
+                                               act_modes={fqn: "weight_only" for fqn in masks})
     if compile_ and sqfx_backend_available():
         # The compile door: Dynamo hands the masked fp32 graph to sqfx's backend, which packs
         # (all-zero blocks are dropped) and lowers to the sqfx op.
