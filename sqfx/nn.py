@@ -97,7 +97,8 @@ class SparseQuantLinear(nn.Module):
         p = self.packed
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"block={p.block[0]}x{p.block[1]}, sparsity={p.sparsity:.3f}, "
-                f"scheme=int8_{p.scheme}, relu={self.relu}, act_mode={self.act_mode}")
+                f"scheme=int8_{p.scheme}, relu={self.relu}"
+                + ("" if self.act_mode == "dynamic_int8" else f", act_mode={self.act_mode}"))
 
     # ---- state_dict with a format version, validated on load ----
     def get_extra_state(self):
