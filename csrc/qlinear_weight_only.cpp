@@ -136,6 +136,46 @@ SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx
       if (col < 0 || col >= w.n_col_blocks) ok = false;
     }
     if (!ok) return false;  // the op raises; nothing below reads out of range
+    if (rb == 1 && cb == 4) {
+      // The default 1x4 blocks: the int8 values of consecutive blocks are contiguous, so two
+      // blocks are one 8-wide FMA (their x halves gathered from two columns); four blocks per
+      // step over two accumulators.
+      for (int64_t m = 0; m < a.M; ++m) {
+        const float* x = a.x + m * a.ld;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) {
+          int64_t b01, b23;
+          std::memcpy(&b01, w.values + j * 4, 8);
+          std::memcpy(&b23, w.values + j * 4 + 8, 8);
+          const __m256 w01 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b01)));
+          const __m256 w23 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b23)));
+          const __m256 x01 = _mm256_insertf128_ps(
+              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4)),
+              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 1]) * 4), 1);
+          const __m256 x23 = _mm256_insertf128_ps(
+              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 2]) * 4)),
+              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 3]) * 4), 1);
+          acc0 = _mm256_fmadd_ps(x01, w01, acc0);
+          acc1 = _mm256_fmadd_ps(x23, w23, acc1);
+        }
+        __m128 acc4 = _mm_setzero_ps();
+        for (; j < j1; ++j) {
+          int32_t bits;
+          std::memcpy(&bits, w.values + j * 4, 4);
+          const __m128 wf = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bits)));
+          acc4 = _mm_fmadd_ps(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4), wf, acc4);
+        }
+        const __m256 acc01 = _mm256_add_ps(acc0, acc1);
+        const __m128 lo = _mm256_castps256_ps128(acc01);
+        const __m128 hi = _mm256_extractf128_ps(acc01, 1);
+        __m128 s = _mm_add_ps(_mm_add_ps(lo, hi), acc4);
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[m * w.N + i] = finish(_mm_cvtss_f32(s), w, i, relu);
+      }
+      continue;
+    }
     for (int64_t m = 0; m < a.M; ++m) {
       const float* x = a.x + m * a.ld;
       for (int64_t r = 0; r < rb; ++r) {

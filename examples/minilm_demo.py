@@ -107,7 +107,6 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
 
     act_modes: {fqn: "dynamic_int8" | "weight_only"} (missing layers: dynamic_int8).
     """
-
     if converter == "fx":
         config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
                                         masks={k: v for k, v in masks.items() if v is not None},
@@ -117,7 +116,10 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
             raise ValueError("converter='fx' supports act_mode dynamic_int8 only (for now); "
                              "use the module converter for weight_only / auto")
         out = sqfx.prepare_and_convert(model, config, example_inputs)
-        return out[0] if isinstance(out, tuple) else out
+        out = out[0] if isinstance(out, tuple) else out
+        # An HF model is captured with torch.export (symbolic_trace cannot trace it): the result
+        # takes the example's positional arguments, while the demo calls with keywords.
+        return _KeywordsToPositional(out) if not isinstance(out, type(model)) else out
     if converter != "modules":
         raise ValueError(f"converter must be 'modules' or 'fx', got {converter!r}")
     model = copy.deepcopy(model)
@@ -128,6 +130,17 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
             getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel,
             act_mode=(act_modes or {}).get(fqn, "dynamic_int8")))
     return model
+
+
+class _KeywordsToPositional(nn.Module):
+    """Calls an exported encoder (input_ids, attention_mask) with the demo's keyword inputs."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids, attention_mask)
 
 
 def torch_dynamic_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
@@ -206,7 +219,8 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
     notes = []
     masked = copy.deepcopy(model)
     masks = block_prune_(masked, sparsity, block)
-    example = (eval_inputs["input_ids"][:1], eval_inputs["attention_mask"][:1])
+    # Batch 2: a traced size-1 dim would be specialized to 1.
+    example = (eval_inputs["input_ids"][:2], eval_inputs["attention_mask"][:2])
     if act_mode == "auto":
         cal = calibration_inputs or {k: v[:4] for k, v in eval_inputs.items()}
         act_modes = choose_activation_modes(masked, cal, masks=masks, block=block, names=list(masks),
