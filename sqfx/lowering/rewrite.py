@@ -79,10 +79,9 @@ def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set, module_targets: set) 
         owner = gm.get_submodule(owner_name) if owner_name else gm
         if hasattr(owner, attr):
             delattr(owner, attr)
-    for target in module_targets:
-        used = any(t == target or t.startswith(target + ".") for t in live_modules | live_attrs)
-        if not used:
-            gm.delete_submodule(target)
+    # Modules the graph no longer calls or reads (converted nn.Linear, fused nn.ReLU, the
+    # husk of a module whose weight was a get_attr) are dead weight: drop them.
+    gm.delete_all_unused_submodules()
 
 
 def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None, *,
