@@ -27,6 +27,17 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _copy_model(model: nn.Module) -> nn.Module:
+    """deepcopy that also copies modules holding non-leaf tensor attributes (torch.nn.utils.prune
+    keeps `weight` as a computed tensor, which plain deepcopy refuses)."""
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dict, report: ConversionReport):
     cache = {}
     for fqn, module in list(model.named_modules()):
@@ -78,7 +89,7 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     inplace = inplace or config.inplace
-    work = model if inplace else copy.deepcopy(model)
+    work = model if inplace else _copy_model(model)
     work.eval()
     module_masks = collect_module_masks(work)
     strip_reparametrizations(work)
