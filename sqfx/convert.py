@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from .config import SparseQuantConfig, as_config
 from .lowering import ConversionReport, LayerReport, SkippedLayer, convert_graph, lower_layer
@@ -40,9 +41,17 @@ def _copy_model(model: nn.Module) -> nn.Module:
 
 def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dict, report: ConversionReport):
     cache = {}
+    inside_fused = set()
     for fqn, module in list(model.named_modules()):
         fused = _is_linear_relu_module(module)
-        if not (fused or _is_plain_linear(module)):
+        if fused:
+            inside_fused.add(f"{fqn}.0" if fqn else "0")
+        if not (fused or _is_plain_linear(module)) or fqn in inside_fused:
+            continue
+        if isinstance(module, NonDynamicallyQuantizableLinear):
+            # nn.MultiheadAttention reads out_proj.weight itself instead of calling the module.
+            report.skipped.append(SkippedLayer(fqn, "its parent reads the weight directly "
+                                                    "(NonDynamicallyQuantizableLinear), so it cannot be swapped"))
             continue
         linear = module[0] if fused else module
         name = f"{fqn}.0" if fused else fqn
@@ -115,6 +124,7 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
         report = ConversionReport(capture="module_swap")
         converted = _swap_modules(work, config, module_masks, report)
     report.notes = notes + report.notes
-    converted.eval()
+    if capture != "torch.export":  # ExportedProgram.module() refuses .eval(); it was traced in eval mode
+        converted.eval()
     converted.sqfx_report = report
     return converted
