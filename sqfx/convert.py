@@ -120,6 +120,12 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     if gm is not None:
         report = convert_graph(gm, config, root=work, module_masks=module_masks, capture=capture)
         converted = gm
+        seen = set(report.converted) | {s.fqn for s in report.skipped}
+        for fqn, module in work.named_modules():
+            if isinstance(module, nn.Linear) and fqn not in seen and not any(
+                    name.startswith(fqn + ".") for name in seen):
+                report.skipped.append(SkippedLayer(fqn, f"not called as a linear in the {capture} graph "
+                                                        "(e.g. inside nn.MultiheadAttention)"))
     else:
         report = ConversionReport(capture="module_swap")
         converted = _swap_modules(work, config, module_masks, report)

@@ -2,6 +2,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -294,3 +296,64 @@ def test_non_float32_layers_skipped():
     net = nn.Sequential(nn.Linear(8, 8).double())
     rep = sqfx.prepare_and_convert(net).sqfx_report
     assert rep.converted == [] and "float64" in rep.skipped[0].reason
+
+
+class TiedEmbedding(nn.Module):
+    """lm_head reads the embedding's weight: the embedding must keep it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+
+    def forward(self, ids):
+        return F.linear(self.emb(ids), self.emb.weight)
+
+
+def test_tied_embedding_keeps_its_weight():
+    model = TiedEmbedding().eval()
+    ids = torch.randint(0, 20, (2, 5))
+    out = sqfx.prepare_and_convert(model)
+    assert out.sqfx_report.converted == ["emb"]
+    assert torch.equal(out.emb.weight, model.emb.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(out(ids), model(ids), atol=0.05, rtol=0.05)
+
+
+class WithMHA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_linears_hidden_in_leaf_modules_are_reported():
+    rep = sqfx.prepare_and_convert(WithMHA().eval()).sqfx_report
+    assert rep.converted == ["fc"]
+    assert [s.fqn for s in rep.skipped] == ["attn.out_proj"] and "not called as a linear" in rep.skipped[0].reason
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 24), k=st.integers(1, 40), rb=st.sampled_from([1, 2, 4]), cb=st.sampled_from([1, 4, 8]),
+       sparsity=st.sampled_from([None, 0.0, 0.3, 0.8]), lead=st.lists(st.integers(1, 3), max_size=2),
+       bias=st.booleans(), relu=st.booleans())
+def test_random_shapes_match_reference_and_bound(n, k, rb, cb, sparsity, lead, bias, relu):
+    torch.manual_seed(n * 100 + k)
+    layers = [nn.Linear(k, n, bias=bias)] + ([nn.ReLU()] if relu else [])
+    net = nn.Sequential(*layers).eval()
+    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(block=(rb, cb), target_sparsity=sparsity))
+    layer = out.sqfx_report["0"]
+    assert layer.relu_fused == relu
+    p = packed_of(out, "sqfx_0", layer)
+    x = torch.randn(*lead, k)
+    with torch.no_grad():
+        got = out(x)
+    assert torch.equal(got, sqfx.reference.qlinear_dynamic(x, *p.tensors(), k, relu))
+    keep = p.block_mask().repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
+    w_masked = net[0].weight.detach() * keep
+    want = F.linear(x, w_masked, net[0].bias.detach() if bias else None)
+    if relu:
+        want = want.clamp(min=0)  # relu is 1-Lipschitz: the bound still holds
+    assert bool(((got - want).abs() <= quant_error_bound(x, w_masked, p.w_scale)).all())

@@ -76,6 +76,8 @@ def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set, module_targets: set) 
         if node.op != "get_attr" or target in live_attrs:
             continue
         owner_name, _, attr = target.rpartition(".")
+        if owner_name and any(owner_name == t or owner_name.startswith(t + ".") for t in live_modules):
+            continue  # a module the graph still calls reads it (a tied nn.Embedding / lm_head)
         owner = gm.get_submodule(owner_name) if owner_name else gm
         if hasattr(owner, attr):
             delattr(owner, attr)
