@@ -155,3 +155,17 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
     gm.graph.lint()
     gm.recompile()
     return report
+
+
+def convert_dynamo_graph(gm: fx.GraphModule, example_inputs, config: Optional[SparseQuantConfig] = None, *,
+                         root: Optional[nn.Module] = None) -> tuple[fx.GraphModule, ConversionReport]:
+    """The pass for a torch.compile backend: rewrites the Dynamo graph (parameters are graph
+    inputs, packed at this moment) and returns it as a *fresh* GraphModule holding the packed
+    buffers (Inductor refuses get_attr buffers on Dynamo's own GraphModule: they are not in its
+    param_name_to_source), plus the report. `root`: the compiled module, for exact layer names,
+    module-based selection and module-carried masks."""
+    from ..patterns import dynamo_param_resolver
+
+    report = convert_graph(gm, config, root=root, capture="dynamo",
+                           resolve_placeholder=dynamo_param_resolver(gm, example_inputs, root=root))
+    return fx.GraphModule(gm, gm.graph), report
