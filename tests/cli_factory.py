@@ -13,3 +13,9 @@ def example_inputs():
 
 
 NOT_A_MODULE = 42
+
+
+def make_deep() -> nn.Module:
+    """Enough layers for the conversion progress bar (sqfx.cli.PROGRESS_MIN_LAYERS)."""
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Linear(16, 16) for _ in range(10)])

@@ -121,3 +121,16 @@ def test_act_modes_reach_the_pt2_and_its_report(tmp_path, capsys, monkeypatch):
     assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"weight_only"}
     assert main(["report", FACTORY, "--act-mode", "auto", "--threshold-db", "-1000", "--json"]) == 0
     assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"dynamic_int8"}
+
+
+def test_progress_bar_for_many_layers_only(capsys, monkeypatch):
+    pytest.importorskip("tqdm", reason="tqdm is not installed: no progress bar to check")
+    from sqfx.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["report", "tests.cli_factory:make_deep", "--json"]) == 0
+    deep = capsys.readouterr()
+    assert "sqfx convert" in deep.err and "10/10" in deep.err
+    assert len(json.loads(deep.out)) == 10
+    assert main(["report", FACTORY, "--json"]) == 0
+    assert "sqfx convert" not in capsys.readouterr().err  # 3 layers: no bar
