@@ -25,6 +25,8 @@ import time
 import warnings
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub read it: never download
+
 import torch
 from torch import nn
 
