@@ -121,8 +121,10 @@ def convert_model(model: nn.Module, sparsity: float = 0.0, block=(1, 4), per_cha
                   ) -> tuple[nn.Module, list, nn.Module]:
     """A converted copy of `model`, its per-layer report rows, and the fp32 model with the same mask.
 
-    ADAPTER: swaps each selected nn.Linear for SparseQuantLinear (module by module). When the
-    FX pass is merged this is the place to call sqfx.prepare_and_convert instead.
+    ADAPTER: swaps each selected nn.Linear for SparseQuantLinear (module by module), so every
+    layer stays a module with its act_mode and packed weight for the report. This is the one
+    place to route through sqfx.prepare_and_convert once its config takes per-layer activation
+    modes (it emits qlinear_dynamic graph calls only today).
     """
     import fnmatch
 
