@@ -170,3 +170,11 @@ def test_unknown_act_mode_is_rejected():
     sd["_extra_state"] = {**sd["_extra_state"], "act_mode": "int4"}
     with pytest.raises(RuntimeError, match="unknown act_mode 'int4'"):
         layer.load_state_dict(sd)
+
+
+def test_compiles_fullgraph_dynamic():
+    layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(24, 16), act_mode="weight_only", relu=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=True)
+    for m in (3, 5):
+        x = torch.randn(m, 24)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
