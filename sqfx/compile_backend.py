@@ -1,0 +1,139 @@
+"""The `torch.compile` door: `torch.compile(model, backend="sqfx")`.
+
+The backend is found by name through the `torch_dynamo_backends` entry point in pyproject.toml
+(`sqfx = "sqfx.compile_backend:sqfx_backend"`), so the user needs no `import sqfx`: the first
+lookup of "sqfx" imports this module, which imports sqfx and registers the op. Nothing here calls
+`register_backend("sqfx")`: the entry-point lookup registers the loaded function under that name
+itself, and a second registration of the same name would fail as a duplicate.
+
+What the backend does with the graph Dynamo hands it (torch-level IR, `torch._C._nn.linear`,
+parameters lifted to graph inputs whose example inputs are the real parameter tensors):
+1. copies the graph into a fresh GraphModule (Dynamo's own graph module stays untouched);
+2. runs the FX pass (`sqfx.lowering.convert_graph`) on it: each selected linear (+ ReLU) becomes
+   one `torch.ops.sqfx.qlinear_dynamic` call whose packed tensors are `get_attr` buffers of the
+   fresh module. The fp32 weight placeholders stay in the signature (Dynamo calls the compiled
+   function with them), unused;
+3. hands the result to Inductor (`compile_fx`), which fuses the fp32 code around the op and
+   calls the op as an extern kernel.
+
+Weights are captured at compile time: packing reads the parameter values when the graph is
+compiled. Changing a weight afterwards (load_state_dict, an optimizer step) does NOT reach the
+compiled model; call `torch._dynamo.reset()` (or compile again) to repack. Why this route and not
+an Inductor post-grad pass: docs/design.md, "Compile backend".
+"""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Callable, Optional
+
+import torch
+from torch import fx
+
+from .config import SparseQuantConfig, as_config
+from .lowering import ConversionReport, convert_graph
+from .patterns import dynamo_param_resolver
+
+# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight'].
+_SOURCE_PART = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)|\[(\d+)\]")
+_STATE_MARKER = re.compile(r"\._(?:parameters|buffers)\[")
+
+
+def _fqn_from_source(source_name: str) -> Optional[str]:
+    """"L['self']._modules['fc1']._parameters['weight']" -> "fc1.weight" (None if not module state)."""
+    if not _STATE_MARKER.search(source_name):
+        return None
+    root = re.match(r"^[LG]\['[^']*'\]", source_name)
+    if root is None:
+        return None
+    rest = source_name[root.end():]
+    parts, pos = [], 0
+    while pos < len(rest):
+        m = _SOURCE_PART.match(rest, pos)
+        if m is None:
+            return None
+        parts.append(next(g for g in m.groups() if g is not None))
+        pos = m.end()
+    return ".".join(parts) or None
+
+
+def module_state_resolver(gm: fx.GraphModule, example_inputs):
+    """node -> (fqn, tensor) for the placeholders that carry module parameters / buffers.
+
+    The fqn is the name in the compiled module (`fc1.weight`), read from the source Dynamo
+    records on each placeholder, so config include / exclude / overrides name layers exactly as
+    in eager `prepare_and_convert`. Placeholders without a readable source fall back to
+    `sqfx.patterns.dynamo_param_resolver` (nn.Parameter inputs, name derived from the node).
+    """
+    fallback = dynamo_param_resolver(gm, example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    table = {}
+    for node, value in zip(placeholders, example_inputs):
+        if not isinstance(value, torch.Tensor):
+            continue
+        grapharg = node.meta.get("grapharg")
+        source = getattr(grapharg, "source", None)
+        fqn = _fqn_from_source(source.name) if source is not None else None
+        if fqn is not None:
+            table[node] = (fqn, value)
+        else:
+            found = fallback(node)
+            if found is not None:
+                table[node] = found
+    return table.get
+
+
+def convert_dynamo_graph(gm: fx.GraphModule, example_inputs, config=None) -> tuple[fx.GraphModule, ConversionReport]:
+    """Returns a fresh GraphModule with the FX pass applied to a copy of Dynamo's graph, and the report."""
+    config = as_config(config)
+    fresh = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # copies the attributes get_attr nodes read
+    fresh.meta.update(gm.meta)
+    resolve = module_state_resolver(fresh, example_inputs)
+    report = convert_graph(fresh, config, resolve_placeholder=resolve, capture="dynamo")
+    return fresh, report
+
+
+def _inductor(gm: fx.GraphModule, example_inputs, config_patches: Optional[dict]):
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=config_patches or None)
+
+
+def backend(config=None, *, inductor_config: Optional[dict] = None,
+            on_report: Optional[Callable[[ConversionReport], Any]] = None) -> Callable:
+    """A torch.compile backend with this config: `torch.compile(model, backend=sqfx.backend(cfg))`.
+
+    config: a SparseQuantConfig, a dict of its fields, or None (defaults).
+    inductor_config: Inductor config patches for the compile (as torch.compile's `options`).
+    on_report: called with each compiled graph's ConversionReport (one per Dynamo graph).
+    """
+    config = as_config(config)
+
+    def sqfx_compile(gm: fx.GraphModule, example_inputs, mode: Optional[str] = None,
+                     options: Optional[dict] = None):
+        graph_config, patches = config, dict(inductor_config or {})
+        if options:  # torch.compile(..., backend="sqfx", options={...})
+            options = dict(options)
+            patches.update(options.pop("inductor_config", None) or {})
+            if options:
+                graph_config = as_config({**_fields(config), **options})
+        if mode is not None and mode != "default":
+            patches = {**torch._inductor.list_mode_options(mode), **patches}
+        converted, report = convert_dynamo_graph(gm, example_inputs, graph_config)
+        if on_report is not None:
+            on_report(report)
+        return _inductor(converted, example_inputs, patches)
+
+    sqfx_compile.sqfx_config = config
+    return sqfx_compile
+
+
+def _fields(config: SparseQuantConfig) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+# The entry point's target (pyproject.toml, [project.entry-points.torch_dynamo_backends]):
+# `backend="sqfx"` with the default config; `options={...}` sets config fields per compile.
+sqfx_backend = backend()
