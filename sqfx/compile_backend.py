@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -99,6 +101,64 @@ def _inductor(gm: fx.GraphModule, example_inputs, config_patches: Optional[dict]
     return compile_fx(gm, example_inputs, config_patches=config_patches or None)
 
 
+def _packed_inputs(before: fx.GraphModule, after: fx.GraphModule, resolve) -> list[int]:
+    """Positions of the module-state inputs the pass packed (their uses went away)."""
+    old = [n for n in before.graph.nodes if n.op == "placeholder"]
+    new = [n for n in after.graph.nodes if n.op == "placeholder"]
+    return [i for i, (o, n) in enumerate(zip(old, new)) if resolve(o) is not None and len(n.users) < len(o.users)]
+
+
+class WeightBoundGraph:
+    """The compiled graph plus a check that it runs with the weights it packed.
+
+    Dynamo passes parameters as graph inputs and does not guard on which tensors they are: a
+    second instance of the same module class, or the same module after an in-place weight update,
+    reuses this compiled graph although its packed buffers hold the weights seen at compile time.
+    Each call therefore checks, per packed input, that it is the same tensor (weakref identity)
+    at the same version counter (cheap: a few attribute reads per layer). On a mismatch the graph
+    is re-packed from the weights given and run eagerly (no Inductor: its compile needs Dynamo's
+    tracing context), with a warning, and that re-packed graph is kept for those weights.
+    """
+
+    def __init__(self, compiled, dynamo_gm: fx.GraphModule, config: SparseQuantConfig, example_inputs,
+                 packed_positions: list[int]):
+        self.compiled = compiled
+        self.dynamo_gm = dynamo_gm
+        self.config = config
+        self.positions = packed_positions
+        self.bound = self._key(example_inputs)
+        self.repacked = None  # (key, runner) for the last weights that were not the bound ones
+        self.warned = False
+
+    def _key(self, args) -> list:
+        # weakrefs, not ids: a dead tensor's id may be reused by a new one.
+        return [(weakref.ref(args[i]), args[i]._version) for i in self.positions]
+
+    def _holds(self, key, args) -> bool:
+        for (ref, version), i in zip(key, self.positions):
+            t = args[i]
+            if ref() is not t or t._version != version:
+                return False
+        return True
+
+    def __call__(self, *args):
+        if self._holds(self.bound, args):
+            return self.compiled(*args)
+        if self.repacked is not None and self._holds(self.repacked[0], args):
+            runner = self.repacked[1]
+        else:
+            if not self.warned:
+                self.warned = True
+                warnings.warn(
+                    "sqfx backend: this compiled graph packed other weights (another instance of the same "
+                    "module class, or weights changed in place since compilation). Re-packing for these "
+                    "weights and running the graph without Inductor; call torch._dynamo.reset() and "
+                    "compile again for compiled code.", RuntimeWarning, stacklevel=2)
+            runner, _ = convert_dynamo_graph(self.dynamo_gm, list(args), self.config)
+            self.repacked = (self._key(args), runner)  # only the latest: bounded memory
+        return runner(*args)
+
+
 def backend(config=None, *, inductor_config: Optional[dict] = None,
             on_report: Optional[Callable[[ConversionReport], Any]] = None) -> Callable:
     """A torch.compile backend with this config: `torch.compile(model, backend=sqfx.backend(cfg))`.
@@ -122,7 +182,11 @@ def backend(config=None, *, inductor_config: Optional[dict] = None,
         converted, report = convert_dynamo_graph(gm, example_inputs, graph_config)
         if on_report is not None:
             on_report(report)
-        return _inductor(converted, example_inputs, patches)
+        positions = _packed_inputs(gm, converted, module_state_resolver(gm, example_inputs))
+        compiled = _inductor(converted, example_inputs, patches)
+        if not positions:
+            return compiled
+        return WeightBoundGraph(compiled, gm, graph_config, example_inputs, positions)
 
     sqfx_compile.sqfx_config = config
     return sqfx_compile
