@@ -9,6 +9,7 @@ import the op by construction, and `save` writes a note saying so into the archi
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Optional
@@ -36,23 +37,36 @@ def _as_tuple(example_inputs) -> tuple:
 
 def export(model: torch.nn.Module, example_inputs, config=None, dynamic_shapes=None, *,
            strict: bool = False, example_kwarg_inputs: Optional[dict] = None) -> torch.export.ExportedProgram:
-    """Converts `model` with `sqfx.prepare_and_convert` and exports the result.
+    """Converts `model` with the sqfx FX pass and exports the result with `torch.export.export`.
 
-    example_inputs: a tensor or a tuple of positional inputs (used for the conversion when it
-        needs to trace, and for the export).
+    example_inputs: a tensor or a tuple of positional inputs.
     config: a SparseQuantConfig, a dict of its fields, or None (defaults).
     dynamic_shapes: as for `torch.export.export`, e.g. `({0: Dim("batch"), 1: Dim("seq")},)`.
-    The input model is not mutated. Returns the ExportedProgram; save it with `sqfx.save`.
-    """
-    from . import prepare_and_convert  # the FX pass (sqfx/patterns + sqfx/lowering)
 
+    The model is captured with torch.export itself (non-strict unless `strict=True`) *with* the
+    dynamic shapes, the captured graph (pre-decomposition ATen: aten.linear -> aten.relu) is
+    rewritten exactly as `prepare_and_convert` rewrites its graphs (same fqns, masks, observers),
+    and the rewritten module is exported again, so the program keeps the dynamic dims. The input
+    model is not mutated. The conversion report is `ep.sqfx_report` (not saved with the program).
+    Save with `sqfx.save` (or torch.export.save); load after `import sqfx`.
+    """
+    from .config import as_config
+    from .lowering import convert_graph
+    from .lowering.mask import collect_module_masks, strip_reparametrizations
+
+    config = as_config(config)
     args = _as_tuple(example_inputs)
-    converted = prepare_and_convert(model, config=config, example_inputs=args)
-    if isinstance(converted, tuple):  # (module, report) if the converter returns both
-        converted = converted[0]
-    converted.eval()
-    return torch.export.export(converted, args, kwargs=example_kwarg_inputs,
-                               dynamic_shapes=dynamic_shapes, strict=strict)
+    work = copy.deepcopy(model).eval()
+    module_masks = collect_module_masks(work)
+    strip_reparametrizations(work)
+    with torch.no_grad():
+        captured = torch.export.export(work, args, kwargs=example_kwarg_inputs,
+                                       dynamic_shapes=dynamic_shapes, strict=strict).module()
+        report = convert_graph(captured, config, root=work, module_masks=module_masks, capture="torch.export")
+        ep = torch.export.export(captured, args, kwargs=example_kwarg_inputs,
+                                 dynamic_shapes=dynamic_shapes, strict=strict)
+    ep.sqfx_report = report
+    return ep
 
 
 def _note() -> str:
