@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from .config import SparseQuantConfig, as_config
 from .lowering import ConversionReport, LayerReport, SkippedLayer, convert_graph, lower_layer
@@ -27,11 +28,30 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _copy_model(model: nn.Module) -> nn.Module:
+    """deepcopy that also copies modules holding non-leaf tensor attributes (torch.nn.utils.prune
+    keeps `weight` as a computed tensor, which plain deepcopy refuses)."""
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dict, report: ConversionReport):
     cache = {}
+    inside_fused = set()
     for fqn, module in list(model.named_modules()):
         fused = _is_linear_relu_module(module)
-        if not (fused or _is_plain_linear(module)):
+        if fused:
+            inside_fused.add(f"{fqn}.0" if fqn else "0")
+        if not (fused or _is_plain_linear(module)) or fqn in inside_fused:
+            continue
+        if isinstance(module, NonDynamicallyQuantizableLinear):
+            # nn.MultiheadAttention reads out_proj.weight itself instead of calling the module.
+            report.skipped.append(SkippedLayer(fqn, "its parent reads the weight directly "
+                                                    "(NonDynamicallyQuantizableLinear), so it cannot be swapped"))
             continue
         linear = module[0] if fused else module
         name = f"{fqn}.0" if fused else fqn
@@ -78,7 +98,7 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     inplace = inplace or config.inplace
-    work = model if inplace else copy.deepcopy(model)
+    work = model if inplace else _copy_model(model)
     work.eval()
     module_masks = collect_module_masks(work)
     strip_reparametrizations(work)
@@ -100,10 +120,17 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     if gm is not None:
         report = convert_graph(gm, config, root=work, module_masks=module_masks, capture=capture)
         converted = gm
+        seen = set(report.converted) | {s.fqn for s in report.skipped}
+        for fqn, module in work.named_modules():
+            if isinstance(module, nn.Linear) and fqn not in seen and not any(
+                    name.startswith(fqn + ".") for name in seen):
+                report.skipped.append(SkippedLayer(fqn, f"not called as a linear in the {capture} graph "
+                                                        "(e.g. inside nn.MultiheadAttention)"))
     else:
         report = ConversionReport(capture="module_swap")
         converted = _swap_modules(work, config, module_masks, report)
     report.notes = notes + report.notes
-    converted.eval()
+    if capture != "torch.export":  # ExportedProgram.module() refuses .eval(); it was traced in eval mode
+        converted.eval()
     converted.sqfx_report = report
     return converted

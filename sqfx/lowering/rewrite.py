@@ -76,13 +76,14 @@ def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set, module_targets: set) 
         if node.op != "get_attr" or target in live_attrs:
             continue
         owner_name, _, attr = target.rpartition(".")
+        if owner_name and any(owner_name == t or owner_name.startswith(t + ".") for t in live_modules):
+            continue  # a module the graph still calls reads it (a tied nn.Embedding / lm_head)
         owner = gm.get_submodule(owner_name) if owner_name else gm
         if hasattr(owner, attr):
             delattr(owner, attr)
-    for target in module_targets:
-        used = any(t == target or t.startswith(target + ".") for t in live_modules | live_attrs)
-        if not used:
-            gm.delete_submodule(target)
+    # Modules the graph no longer calls or reads (converted nn.Linear, fused nn.ReLU, the
+    # husk of a module whose weight was a get_attr) are dead weight: drop them.
+    gm.delete_all_unused_submodules()
 
 
 def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None, *,
