@@ -69,3 +69,16 @@ def test_loading_without_import_sqfx_fails_naming_the_op(package):
         torch._inductor.aoti_load_package({str(path)!r})
     """, root)
     assert "sqfx::qlinear_dynamic" in text
+
+
+def test_docs_doors_snippets_run(tmp_path):
+    """docs/doors.md's code blocks, in order, as one script in a fresh process."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "doors.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 5
+    out = run_fresh("\n".join(blocks) + "\nprint('doors ok')\n", tmp_path)
+    assert "doors ok" in out
+    assert (tmp_path / "model.pt2").exists() and (tmp_path / "model_aoti.pt2").exists()
