@@ -36,27 +36,19 @@ from .config import SparseQuantConfig, as_config
 from .lowering import ConversionReport, convert_graph
 from .patterns import dynamo_param_resolver
 
-# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight'].
-_SOURCE_PART = re.compile(r"\._(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)|\[(\d+)\]")
-_STATE_MARKER = re.compile(r"\._(?:parameters|buffers)\[")
+# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight'];
+# the module path is the trailing run of _modules[...] ending in _parameters[...] / _buffers[...]
+# (whatever leads to the root module: L['self'], G['model'], a closure cell, ...).
+_STATE_SOURCE = re.compile(r"((?:\._modules\['[^']+'\])*)\._(?:parameters|buffers)\['([^']+)'\]$")
+_MODULE_PART = re.compile(r"\._modules\['([^']+)'\]")
 
 
 def _fqn_from_source(source_name: str) -> Optional[str]:
     """"L['self']._modules['fc1']._parameters['weight']" -> "fc1.weight" (None if not module state)."""
-    if not _STATE_MARKER.search(source_name):
+    m = _STATE_SOURCE.search(source_name)
+    if m is None:
         return None
-    root = re.match(r"^[LG]\['[^']*'\]", source_name)
-    if root is None:
-        return None
-    rest = source_name[root.end():]
-    parts, pos = [], 0
-    while pos < len(rest):
-        m = _SOURCE_PART.match(rest, pos)
-        if m is None:
-            return None
-        parts.append(next(g for g in m.groups() if g is not None))
-        pos = m.end()
-    return ".".join(parts) or None
+    return ".".join([*_MODULE_PART.findall(m.group(1)), m.group(2)])
 
 
 def module_state_resolver(gm: fx.GraphModule, example_inputs):
