@@ -15,46 +15,35 @@ def _dynamic():
     return ({0: Dim("batch"), 1: Dim("seq")},)
 
 
-def _save_cases(model, tmp_path, config=CONFIG):
+def _cases(model, config=CONFIG):
     """Inputs over several (batch, seq) and the eager prepare_and_convert outputs for them."""
     reference = eager(model, config)
     xs = [torch.randn(b, s, D) for b, s in shapes_sweep()]
     with torch.no_grad():
-        ys = [reference(x) for x in xs]
-    torch.save({"xs": xs, "ys": ys}, tmp_path / "cases.pt")
+        return {"xs": xs, "ys": [reference(x) for x in xs]}
 
 
-LOAD_AND_COMPARE = """
-    import torch
-    import sqfx
-    ep = {loader}("model.pt2")
-    cases = torch.load("cases.pt")
-    run = ep.module()
-    for x, y in zip(cases["xs"], cases["ys"]):
-        out = run(x)
-        assert out.shape == y.shape, (out.shape, y.shape)
-        assert torch.equal(out, y), f"{{tuple(x.shape)}}: max diff {{(out - y).abs().max()}}"
-    print("checked", len(cases["xs"]))
-"""
-
-
-@pytest.mark.parametrize("model_cls", [MLP, Block])
-def test_dynamic_batch_and_seq_round_trip_in_a_fresh_process(model_cls, tmp_path):
-    model = model_cls().eval()
-    ep = sqfx.export(model, (torch.randn(4, 6, D),), CONFIG, dynamic_shapes=_dynamic())
-    sqfx.save(ep, tmp_path / "model.pt2")
-    _save_cases(model, tmp_path)
-    out = run_fresh(LOAD_AND_COMPARE.format(loader="torch.export.load"), tmp_path)
-    assert f"checked {len(shapes_sweep())}" in out
-
-
-def test_sqfx_load_and_plain_torch_export_save(tmp_path):
-    """A program saved with plain torch.export.save loads with sqfx.load too."""
-    model = MLP().eval()
-    ep = sqfx.export(model, (torch.randn(4, 6, D),), CONFIG, dynamic_shapes=_dynamic())
-    torch.export.save(ep, tmp_path / "model.pt2")
-    _save_cases(model, tmp_path)
-    run_fresh(LOAD_AND_COMPARE.format(loader="sqfx.load"), tmp_path)
+def test_dynamic_batch_and_seq_round_trip_in_a_fresh_process(tmp_path):
+    """MLP saved with sqfx.save, loaded with plain torch.export.load; transformer block saved with
+    plain torch.export.save, loaded with sqfx.load. Both after `import sqfx`, in a new process."""
+    mlp, block = MLP().eval(), Block().eval()
+    example = (torch.randn(4, 6, D),)
+    sqfx.save(sqfx.export(mlp, example, CONFIG, dynamic_shapes=_dynamic()), tmp_path / "mlp.pt2")
+    torch.export.save(sqfx.export(block, example, CONFIG, dynamic_shapes=_dynamic()), tmp_path / "block.pt2")
+    torch.save({"mlp": _cases(mlp), "block": _cases(block)}, tmp_path / "cases.pt")
+    out = run_fresh("""
+        import torch
+        import sqfx
+        cases = torch.load("cases.pt")
+        for name, load in (("mlp", torch.export.load), ("block", sqfx.load)):
+            run = load(f"{name}.pt2").module()
+            for x, y in zip(cases[name]["xs"], cases[name]["ys"]):
+                out = run(x)
+                assert out.shape == y.shape, (name, out.shape, y.shape)
+                assert torch.equal(out, y), f"{name} {tuple(x.shape)}: max diff {(out - y).abs().max()}"
+            print("checked", name, len(cases[name]["xs"]))
+    """, tmp_path)
+    assert f"checked mlp {len(shapes_sweep())}" in out and f"checked block {len(shapes_sweep())}" in out
 
 
 def test_two_dim_input_with_dynamic_batch(tmp_path):
