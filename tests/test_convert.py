@@ -10,7 +10,7 @@ from torch import fx, nn
 from torch.ao.nn.intrinsic import LinearReLU
 
 import sqfx
-from sqfx_testing import IRS, as_reference, convert_in_ir, op_nodes, quant_error_bound, relu_flags
+from sqfx_testing import IRS, as_reference, convert_in_ir, op_nodes, quant_error_bound
 
 
 # ---------------- models ----------------

@@ -1,7 +1,7 @@
 """Mask sources (each one, and their order), block-magnitude pruning, unstructured masks."""
 import pytest
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.nn.utils import prune
 
 import sqfx

@@ -11,7 +11,6 @@ weights are zeroed, and a warning says so.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional

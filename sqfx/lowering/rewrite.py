@@ -63,7 +63,7 @@ def _emit(gm: fx.GraphModule, match: LinearMatch, attrs: dict, in_features: int,
     return node
 
 
-def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set, module_targets: set) -> None:
+def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set) -> None:
     """Removes the fp32 weights the rewrite made dead (get_attr nodes, attributes, modules)."""
     graph = gm.graph
     for node in list(attr_nodes):
@@ -109,7 +109,6 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
     report = ConversionReport(capture=capture)
     cache: dict = {}  # (weight, bias, settings) -> (buffer names, first fqn, lowered)
     used_attr_nodes: set = set()
-    used_modules: set = set()
     for match in find_linear_matches(gm, resolve_placeholder, fuse_relu=True):
         module = match.module if match.module is not None else _lookup_module(root, match.fqn)
         out_features, in_features = match.shape
@@ -143,15 +142,27 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
         for ref in (match.weight, match.bias):
             if ref is not None and ref.node is not None:
                 used_attr_nodes.add(ref.node)
-        if match.linear_node.op == "call_module":
-            used_modules.add(match.linear_node.target)
         _emit(gm, match, attrs, in_features, match.relu)
         p = lowered.packed
         report.layers.append(LayerReport(
             fqn=match.fqn, in_features=in_features, out_features=out_features, block=p.block,
             sparsity=p.sparsity, scheme=lowered.scheme, relu_fused=match.relu, sqnr_db=lowered.sqnr_db,
             mask_source=lowered.mask_source, matched=_describe(match), shared_with=shared_with))
-    _drop_unused_fp32(gm, used_attr_nodes, used_modules)
+    _drop_unused_fp32(gm, used_attr_nodes)
     gm.graph.lint()
     gm.recompile()
     return report
+
+
+def convert_dynamo_graph(gm: fx.GraphModule, example_inputs, config: Optional[SparseQuantConfig] = None, *,
+                         root: Optional[nn.Module] = None) -> tuple[fx.GraphModule, ConversionReport]:
+    """The pass for a torch.compile backend: rewrites the Dynamo graph (parameters are graph
+    inputs, packed at this moment) and returns it as a *fresh* GraphModule holding the packed
+    buffers (Inductor refuses get_attr buffers on Dynamo's own GraphModule: they are not in its
+    param_name_to_source), plus the report. `root`: the compiled module, for exact layer names,
+    module-based selection and module-carried masks."""
+    from ..patterns import dynamo_param_resolver
+
+    report = convert_graph(gm, config, root=root, capture="dynamo",
+                           resolve_placeholder=dynamo_param_resolver(gm, example_inputs, root=root))
+    return fx.GraphModule(gm, gm.graph), report
