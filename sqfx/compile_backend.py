@@ -36,11 +36,14 @@ from .config import SparseQuantConfig, as_config
 from .lowering import ConversionReport, convert_graph
 from .patterns import dynamo_param_resolver
 
-# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight'];
-# the module path is the trailing run of _modules[...] ending in _parameters[...] / _buffers[...]
-# (whatever leads to the root module: L['self'], G['model'], a closure cell, ...).
-_STATE_SOURCE = re.compile(r"((?:\._modules\['[^']+'\])*)\._(?:parameters|buffers)\['([^']+)'\]$")
-_MODULE_PART = re.compile(r"\._modules\['([^']+)'\]")
+# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight']
+# or, for the same tensor in other code paths, L['self'].__dict__['_modules']['fc1'].__dict__[
+# '_parameters']['weight']. The module path is the trailing run of _modules steps ending in a
+# _parameters / _buffers step (whatever leads to the root module: L['self'], G['model'], a closure).
+_MODULES = r"(?:\._modules|\.__dict__\['_modules'\])\['[^']+'\]"
+_STATE_SOURCE = re.compile(rf"((?:{_MODULES})*)(?:\._(?:parameters|buffers)|\.__dict__\['_(?:parameters|buffers)'\])"
+                           r"\['([^']+)'\]$")
+_MODULE_PART = re.compile(r"(?:\._modules|\.__dict__\['_modules'\])\['([^']+)'\]")
 
 
 def _fqn_from_source(source_name: str) -> Optional[str]:

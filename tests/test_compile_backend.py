@@ -177,3 +177,46 @@ def test_bad_options_name_the_field():
     with pytest.raises(Exception, match="target_sparsity"):
         with torch.no_grad():
             compiled(torch.randn(2, D))
+
+
+@pytest.mark.parametrize("source, fqn", [
+    ("L['self']._modules['fc1']._parameters['weight']", "fc1.weight"),
+    ("L['self'].__dict__['_modules']['layers'].__dict__['_modules']['0'].__dict__['_parameters']['bias']",
+     "layers.0.bias"),
+    ("G['model']._modules['head']._buffers['w']", "head.w"),
+    ("L['fn'].__closure__[0].cell_contents._modules['fc1']._parameters['weight']", "fc1.weight"),
+    ("L['self']._parameters['weight']", "weight"),
+    ("L['x']", None),
+    ("L['self'].scale", None),
+])
+def test_layer_names_from_dynamo_sources(source, fqn):
+    from sqfx.compile_backend import _fqn_from_source
+
+    assert _fqn_from_source(source) == fqn
+
+
+class BrokenMLP(MLP):
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.fc1(x))
+        torch._dynamo.graph_break()
+        x = torch.relu(self.fc2(x)) * 1.5
+        return self.fc3(x)
+
+
+def test_graph_breaks_keep_exact_layer_names_and_overrides():
+    """Dynamo spells sources differently across graph breaks (`.__dict__['_modules']`); every
+    graph must still name its layers as eager does, or per-layer config would silently miss."""
+    model = BrokenMLP().eval()
+    reports = []
+
+    def eager_backend(gm, example_inputs):  # the sqfx graph without Inductor: bit-exact, cheap
+        fresh, report = convert_dynamo_graph(gm, example_inputs, CONFIG)
+        reports.append(report)
+        return fresh.forward
+
+    x = torch.randn(3, D)
+    with torch.no_grad():
+        out = torch.compile(model, backend=eager_backend)(x)
+    assert [r.converted for r in reports] == [["fc1"], ["fc2", "fc3"]]
+    assert reports[1]["fc2"].block == (2, 2)
+    assert torch.equal(out, eager(model, CONFIG)(x))
