@@ -23,8 +23,6 @@ an Inductor post-grad pass: docs/design.md, "Compile backend".
 """
 from __future__ import annotations
 
-import copy
-import re
 import warnings
 import weakref
 from typing import Any, Callable, Optional
@@ -33,62 +31,8 @@ import torch
 from torch import fx
 
 from .config import SparseQuantConfig, as_config
-from .lowering import ConversionReport, convert_graph
+from .lowering import ConversionReport, convert_dynamo_graph
 from .patterns import dynamo_param_resolver
-
-# Dynamo names a lifted parameter by its source, e.g. L['self']._modules['fc1']._parameters['weight']
-# or, for the same tensor in other code paths, L['self'].__dict__['_modules']['fc1'].__dict__[
-# '_parameters']['weight']. The module path is the trailing run of _modules steps ending in a
-# _parameters / _buffers step (whatever leads to the root module: L['self'], G['model'], a closure).
-_MODULES = r"(?:\._modules|\.__dict__\['_modules'\])\['[^']+'\]"
-_STATE_SOURCE = re.compile(rf"((?:{_MODULES})*)(?:\._(?:parameters|buffers)|\.__dict__\['_(?:parameters|buffers)'\])"
-                           r"\['([^']+)'\]$")
-_MODULE_PART = re.compile(r"(?:\._modules|\.__dict__\['_modules'\])\['([^']+)'\]")
-
-
-def _fqn_from_source(source_name: str) -> Optional[str]:
-    """"L['self']._modules['fc1']._parameters['weight']" -> "fc1.weight" (None if not module state)."""
-    m = _STATE_SOURCE.search(source_name)
-    if m is None:
-        return None
-    return ".".join([*_MODULE_PART.findall(m.group(1)), m.group(2)])
-
-
-def module_state_resolver(gm: fx.GraphModule, example_inputs):
-    """node -> (fqn, tensor) for the placeholders that carry module parameters / buffers.
-
-    The fqn is the name in the compiled module (`fc1.weight`), read from the source Dynamo
-    records on each placeholder, so config include / exclude / overrides name layers exactly as
-    in eager `prepare_and_convert`. Placeholders without a readable source fall back to
-    `sqfx.patterns.dynamo_param_resolver` (nn.Parameter inputs, name derived from the node).
-    """
-    fallback = dynamo_param_resolver(gm, example_inputs)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    table = {}
-    for node, value in zip(placeholders, example_inputs):
-        if not isinstance(value, torch.Tensor):
-            continue
-        grapharg = node.meta.get("grapharg")
-        source = getattr(grapharg, "source", None)
-        fqn = _fqn_from_source(source.name) if source is not None else None
-        if fqn is not None:
-            table[node] = (fqn, value)
-        else:
-            found = fallback(node)
-            if found is not None:
-                table[node] = found
-    return table.get
-
-
-def convert_dynamo_graph(gm: fx.GraphModule, example_inputs, config=None) -> tuple[fx.GraphModule, ConversionReport]:
-    """Returns a fresh GraphModule with the FX pass applied to a copy of Dynamo's graph, and the report."""
-    config = as_config(config)
-    fresh = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # copies the attributes get_attr nodes read
-    fresh.meta.update(gm.meta)
-    resolve = module_state_resolver(fresh, example_inputs)
-    report = convert_graph(fresh, config, resolve_placeholder=resolve, capture="dynamo")
-    return fresh, report
-
 
 def _inductor(gm: fx.GraphModule, example_inputs, config_patches: Optional[dict]):
     from torch._inductor.compile_fx import compile_fx
@@ -177,7 +121,7 @@ def backend(config=None, *, inductor_config: Optional[dict] = None,
         converted, report = convert_dynamo_graph(gm, example_inputs, graph_config)
         if on_report is not None:
             on_report(report)
-        positions = _packed_inputs(gm, converted, module_state_resolver(gm, example_inputs))
+        positions = _packed_inputs(gm, converted, dynamo_param_resolver(gm, example_inputs))
         compiled = _inductor(converted, example_inputs, patches)
         if not positions:
             return compiled

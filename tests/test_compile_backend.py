@@ -7,7 +7,7 @@ from torch import fx
 
 import sqfx
 from doors_common import CONFIG, D, MLP, Block, eager, run_fresh
-from sqfx.compile_backend import convert_dynamo_graph
+from sqfx.lowering import convert_dynamo_graph
 
 QLINEAR = torch.ops.sqfx.qlinear_dynamic.default
 SWEEP = [(2, 5), (3, 5), (8, 2), (5, 11), (17, 3)]  # sizes >= 2: Dynamo specializes 0 and 1
@@ -190,9 +190,9 @@ def test_bad_options_name_the_field():
     ("L['self'].scale", None),
 ])
 def test_layer_names_from_dynamo_sources(source, fqn):
-    from sqfx.compile_backend import _fqn_from_source
+    from sqfx.patterns.linear_relu import fqn_from_source
 
-    assert _fqn_from_source(source) == fqn
+    assert fqn_from_source(source) == fqn
 
 
 class BrokenMLP(MLP):
