@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def parse_args(argv):
     p.add_argument("--note", default="", help="free text for the report's notes (e.g. machine load)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else FULL_SHAPES))]
+    try:
+        args.shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else FULL_SHAPES))]
+    except ValueError as e:
+        p.error(str(e))
     args.threads = args.threads or ([1] if args.quick else [1, 2])
     args.ms = args.ms or list(QUICK_MS if args.quick else FULL_MS)
     args.sparsities = args.sparsities if args.sparsities is not None else list(
@@ -268,6 +272,8 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # torch.ao's modules take qint8 tensors, whose creation functions are deprecated in torch 2.13.
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
     command = "python -m bench.run" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = run(args)
     results["command"] = command
