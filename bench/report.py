@@ -53,9 +53,11 @@ def table_rows(results) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+_TEXT_COLUMNS = ("shape", "impl", "implementation", "best peer", "sqfx kernel")
+
+
 def _md_table(head, rows) -> str:
-    align = ["---:" if h.endswith(("us", "M", "sparsity", "threads")) or h.startswith(("speedup", "vs"))
-             else "---" for h in head]
+    align = ["---" if h in _TEXT_COLUMNS else "---:" for h in head]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -90,8 +92,8 @@ def targets(results) -> list[dict]:
     def ratio_target(group, shape, m, sparsity, limit, among, what):
         c = _find(results, shape, m, sparsity, th)
         if c is None:
-            out.append({"group": group, "cell": f"{_shape(shape)} M={m} s={sparsity}", "value": None,
-                        "limit": limit, "met": None, "detail": "not measured in this run"})
+            out.append({"group": group, "cell": f"{_shape(shape)} M={m} s={sparsity:.2f}", "value": None,
+                        "limit": f">= {limit:g}x", "met": None, "detail": "not measured in this run"})
             return
         bp = best_peer(c, among)
         r = speedup(c, among)
@@ -195,7 +197,8 @@ def markdown(results, png_name: str | None) -> str:
         "## Run",
         "",
         f"- command: `{results['command']}`" + (" (quick mode: tiny grid, not representative)" if results["quick"] else ""),
-        f"- date: {m['date_utc']}; wall time {results['elapsed_s'] / 60:.1f} min",
+        f"- date: {m['date_utc']}; wall time {results['elapsed_s'] / 60:.1f} min; load average (1/5/15 min) "
+        f"{m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end",
         f"- CPU: {m['cpu']}; {m['logical_cpus']} logical CPUs; L3 {m['l3_bytes'] >> 20} MiB; {isa}",
         f"- torch {m['torch']}, sqfx {m['sqfx']} (git {m['git_commit'] or '?'})"
         + (f", onnxruntime {m['onnxruntime']}" if results["ort"] else ", onnxruntime not installed (column left out)"),

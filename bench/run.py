@@ -110,11 +110,20 @@ def machine_info() -> dict:
         "git_commit": commit,
         "python": platform.python_version(),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_start": load_average(),
     }
     if peers.ort_available():
         import onnxruntime
         info["onnxruntime"] = onnxruntime.__version__
     return info
+
+
+def load_average() -> str:
+    """1/5/15-minute load averages: how busy the machine was (other jobs skew every timing)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def log(*parts):
@@ -267,6 +276,7 @@ def run(args) -> dict:
             torch.set_num_threads(threads)
             results["fixed_cost"] += measure_fixed_cost(threads, fixed_policy, use_ort, workdir)
     results["elapsed_s"] = time.perf_counter() - start
+    results["machine"]["loadavg_end"] = load_average()
     return results
 
 

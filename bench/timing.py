@@ -17,24 +17,24 @@ from typing import Callable
 class TimingPolicy:
     budget_s: float = 20.0  # wall time for one interleaved group (all its implementations)
     round_s: float = 0.01  # target length of one implementation's burst in a round
-    min_rounds: int = 5
+    min_rounds: int = 3
     max_rounds: int = 25
     max_inner: int = 2000
-    warmup_s: float = 0.02  # minimum warmup per implementation (at least 2 calls)
+    warmup_s: float = 0.02  # minimum time of the estimate after one warmup call
 
 
 QUICK = TimingPolicy(budget_s=0.5, round_s=0.001, min_rounds=3, max_rounds=3, max_inner=20, warmup_s=0.0)
 
 
 def _estimate(fn: Callable[[], object], warmup_s: float) -> float:
-    """Warms fn up and returns a rough seconds-per-call estimate."""
+    """Warms fn up (one call) and returns a rough seconds-per-call estimate (>= 1 more call)."""
     fn()
     calls, start = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
         elapsed = time.perf_counter() - start
-        if calls >= 2 and elapsed >= warmup_s:
+        if elapsed >= warmup_s:
             return elapsed / calls
 
 

@@ -97,3 +97,15 @@ def test_bench_rejects_bad_arguments(bad, capsys, monkeypatch):
         parse_args(["--quick", *bad])
     assert exc.value.code != 0
     assert "error" in capsys.readouterr().err
+
+
+def test_calibrate_crossover(monkeypatch):
+    """The crossover is the lowest sparsity from which sqfx wins at every swept sparsity above it."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.calibrate import crossover
+
+    sparsities = [0.0, 0.5, 0.8, 0.9]
+    assert crossover(sparsities, [4.0, 2.0, 0.9, 0.5], dense_time=1.0) == 0.8
+    assert crossover(sparsities, [0.5, 2.0, 0.9, 0.5], dense_time=1.0) == 0.8  # a lucky low point doesn't count
+    assert crossover(sparsities, [0.5, 0.6, 0.7, 0.8], dense_time=1.0) == 0.0
+    assert crossover(sparsities, [4.0, 3.0, 2.0, 1.5], dense_time=1.0) is None
