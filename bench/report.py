@@ -184,6 +184,25 @@ def text_summary(results) -> str:
     return "\n".join(parts)
 
 
+def _load_notes(results) -> list[str]:
+    """Warns when the machine was busier than it has cores: then multi-threaded times mostly measure
+    waiting for a core (an OpenMP barrier waits for its slowest, descheduled thread)."""
+    m, notes = results["machine"], []
+    cpus = m.get("logical_cpus") or 1
+    loads = []
+    for key in ("loadavg_start", "loadavg_end"):
+        try:
+            loads.append(float(str(m.get(key, "")).split()[0]))
+        except (ValueError, IndexError):
+            pass
+    if loads and max(loads) > cpus:
+        notes.append(f"The machine was overloaded during this run (1-min load average up to {max(loads):.1f} on "
+                     f"{cpus} logical CPUs): multi-threaded timings, torch's above all, include long waits for a "
+                     "core and are not representative; single-thread rows are less affected. Rerun on a quiet "
+                     "machine before drawing conclusions.")
+    return notes
+
+
 def markdown(results, png_name: str | None) -> str:
     m = results["machine"]
     isa = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["isa"].items())
@@ -200,11 +219,21 @@ def markdown(results, png_name: str | None) -> str:
         f"- date: {m['date_utc']}; wall time {results['elapsed_s'] / 60:.1f} min; load average (1/5/15 min) "
         f"{m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end",
         f"- CPU: {m['cpu']}; {m['logical_cpus']} logical CPUs; L3 {m['l3_bytes'] >> 20} MiB; {isa}",
-        f"- torch {m['torch']}, sqfx {m['sqfx']} (git {m['git_commit'] or '?'})"
+        f"- torch {m['torch']}, sqfx {m['sqfx']} from `{m.get('sqfx_path', '?')}` (git {m['git_commit'] or '?'})"
         + (f", onnxruntime {m['onnxruntime']}" if results["ort"] else ", onnxruntime not installed (column left out)"),
         "- sqfx kernels reported by `PackedLinear.kernel`: "
         + (", ".join(f"`{k}`" for k in kernels) if kernels else "none (this sqfx has no `kernel` attribute: the "
            "portable kernel)"),
+        "",
+        "## How to run",
+        "",
+        "```",
+        "pip install -e .[bench]        # optional: onnxruntime, onnx (ORT column) and matplotlib (plot)",
+        "python -m bench.run            # full grid, ~15 min on 2 cores; writes docs/benchmarks.{md,png,json}",
+        "python -m bench.run --quick --out /tmp/bench     # tiny grid (what tests/test_bench_smoke.py runs)",
+        "python -m bench.run --shapes 4096x4096 --threads 2 --out /tmp/bench",
+        "python -m bench.calibrate      # crossover sparsity where sqfx beats dense int8 (for the cost model)",
+        "```",
         "",
         "## Method",
         "",
@@ -223,17 +252,21 @@ def markdown(results, png_name: str | None) -> str:
         "- Speedup = time of the best peer in the cell / time of sqfx (peers: fp32, fbgemm int8, qnnpack sparse "
         "int8, ORT int8). 'vs best dense int8' compares to fbgemm and ORT only.",
         f"- DRAM-streamed batch 1: the timing loop cycles through enough copies of the layer to hold "
-        f"{results['stream_working_set'] >> 20} MiB (> L3), so every call reads its weights from DRAM; "
+        f"{results['stream_working_set'] >> 20} MiB (L3: {m['l3_bytes'] >> 20} MiB), so every call reads its weights "
+        "from DRAM; "
         "effective bandwidth = packed bytes (`PackedLinear.nbytes()`) / time per call. Read bandwidth: "
-        "median time of `sum()` over a 512 MiB fp32 tensor.",
+        f"median time of `sum()` over a {results.get('read_bw_bytes', 512 << 20) >> 20} MiB fp32 tensor.",
         "- Fixed cost: 64x64 layer (90% sparse), M=1, same interleaved timing.",
         "- The machine is shared: other jobs (compilers, tests) may run at the same time, and runs differ by "
         "25-50%. Only ratios measured in one run mean much.",
     ]
+    notes = _load_notes(results)
     if results.get("note"):
-        lines += ["", "## Notes on this run", "", results["note"]]
+        notes.insert(0, results["note"])
+    if notes:
+        lines += ["", "## Notes on this run", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Targets (issue 5)", "",
-              f"Ratios vs the best peer in the same run, {_target_threads(results)} threads, 1x4 at 90% unless "
+              f"Ratios vs the best peer in the same run, {_target_threads(results)} thread(s), 1x4 at 90% unless "
               "stated.", "", "| target | cell | measured | needed | verdict | detail |", "|---|---|---:|---:|---|---|"]
     tg = targets(results)
     for t in tg:

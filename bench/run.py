@@ -84,6 +84,14 @@ def parse_args(argv):
     return args
 
 
+def _git(where: Path, *cmd: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(where), *cmd], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 def machine_info() -> dict:
     model, flags = platform.processor() or "unknown", set()
     try:
@@ -95,11 +103,10 @@ def machine_info() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    sqfx_dir = Path(sqfx.__file__).resolve().parent
+    commit = _git(sqfx_dir, "rev-parse", "--short", "HEAD")
+    if commit and _git(sqfx_dir, "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
     info = {
         "cpu": model,
         "isa": {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni")},
@@ -108,6 +115,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "sqfx": getattr(sqfx, "__version__", "?"),
         "git_commit": commit,
+        "sqfx_path": str(sqfx_dir),
         "python": platform.python_version(),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_start": load_average(),
@@ -247,13 +255,13 @@ def run(args) -> dict:
     results = {"machine": machine_info(), "ort": use_ort, "quick": args.quick,
                "policy": vars(policy) | {"fixed_cost": vars(fixed_policy)},
                "stream_working_set": working_set, "cells": [], "streamed": [], "fixed_cost": [],
-               "dram_read": {}, "accuracy": []}
+               "dram_read": {}, "accuracy": [], "read_bw_bytes": (64 << 20) if args.quick else (512 << 20)}
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="sqfx_bench_") as workdir:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            bw = memory.read_bandwidth((64 << 20) if args.quick else (512 << 20))
+            bw = memory.read_bandwidth(results["read_bw_bytes"])
             results["dram_read"][str(threads)] = bw
             log(f"[bench] DRAM read bandwidth, {threads} thread(s): {bw / 1e9:.1f} GB/s")
         for shape in args.shapes:
