@@ -251,7 +251,7 @@ def run(args) -> dict:
         budget_s=args.budget_s / max(1, len(args.shapes) * len(args.threads) * len(args.ms)))
     fixed_policy = QUICK if args.quick else TimingPolicy(budget_s=3.0, round_s=0.005, min_rounds=15, max_rounds=40)
     l3 = memory.l3_bytes()
-    working_set = (8 << 20) if args.quick else int(args.stream_l3_multiple * l3)
+    working_set = (2 << 20) if args.quick else int(args.stream_l3_multiple * l3)
     results = {"machine": machine_info(), "ort": use_ort, "quick": args.quick,
                "policy": vars(policy) | {"fixed_cost": vars(fixed_policy)},
                "stream_working_set": working_set, "cells": [], "streamed": [], "fixed_cost": [],
