@@ -168,7 +168,7 @@ def _accuracy_rows(results):
     worst = {}
     for r in results["accuracy"]:
         worst[r["impl"]] = max(worst.get(r["impl"], 0.0), r["rel_err"])
-    return ["implementation", "worst max|y - fp32| / max|fp32|"], [
+    return ["implementation", "worst max abs(y - y_fp32) / max abs(y_fp32)"], [
         [peers.LABELS[i], f"{e:.4f}"] for i, e in worst.items()]
 
 
@@ -255,12 +255,17 @@ def markdown(results, png_name: str | None) -> str:
         f"{results['stream_working_set'] >> 20} MiB (L3: {m['l3_bytes'] >> 20} MiB), so every call reads its weights "
         "from DRAM; "
         "effective bandwidth = packed bytes (`PackedLinear.nbytes()`) / time per call. Read bandwidth: "
-        f"median time of `sum()` over a {results.get('read_bw_bytes', 512 << 20) >> 20} MiB fp32 tensor.",
+        f"{results.get('read_bw_stat', 'median')} time of `sum()` over a {results.get('read_bw_bytes', 512 << 20) >> 20} "
+        "MiB fp32 tensor, per thread count.",
         "- Fixed cost: 64x64 layer (90% sparse), M=1, same interleaved timing.",
         "- The machine is shared: other jobs (compilers, tests) may run at the same time, and runs differ by "
         "25-50%. Only ratios measured in one run mean much.",
     ]
     notes = _load_notes(results)
+    if not kernels:
+        notes.append("This sqfx build has no `PackedLinear.kernel`: it runs the portable scalar kernel (main before "
+                     "the fast x86 kernels land), so every NOT MET below has that cause first; the int8 peers run "
+                     "SIMD kernels.")
     if results.get("note"):
         notes.insert(0, results["note"])
     if notes:
@@ -320,3 +325,27 @@ def plot(results, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv=None) -> int:
+    """Re-renders benchmarks.md (and the plot) from a run's benchmarks.json, without re-measuring."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("json", type=Path, help="benchmarks.json written by python -m bench.run")
+    p.add_argument("--out", type=Path, help="directory for benchmarks.{md,png} (default: the json's)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    results = json.loads(args.json.read_text())
+    out = args.out or args.json.parent
+    out.mkdir(parents=True, exist_ok=True)
+    png = None if args.no_plot else plot(results, out / "benchmarks.png")
+    (out / "benchmarks.md").write_text(markdown(results, png.name if png else None))
+    print(text_summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

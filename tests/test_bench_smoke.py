@@ -78,14 +78,23 @@ def test_bench_quick_full_features(tmp_path):
         assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_without_optional_extras(tmp_path):
-    """ORT and the plot left out (as on a machine without the `bench` extra): still a full report."""
+def test_bench_without_optional_extras(tmp_path, monkeypatch, capsys):
+    """ORT and the plot left out (as on a machine without the `bench` extra): still a full report,
+    and `python -m bench.report benchmarks.json` rebuilds the same markdown without re-measuring."""
     proc = _run_bench(tmp_path, "--shapes", "32x64", "--ms", "2", "--sparsities", "0.5", "--threads", "1",
                       "--no-plot", env_extra={"SQFX_BENCH_NO_ORT": "1"})
     _check_results(tmp_path, False, shapes=["32x64"], ms=[2], sparsities=[0.5], threads=[1])
     assert not (tmp_path / "benchmarks.png").exists()
     assert "onnxruntime not installed" in (tmp_path / "benchmarks.md").read_text()
     assert "speedup vs best peer" in proc.stdout
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench import report
+
+    again = tmp_path / "again"
+    assert report.main([str(tmp_path / "benchmarks.json"), "--out", str(again), "--no-plot"]) == 0
+    assert (again / "benchmarks.md").read_text() == (tmp_path / "benchmarks.md").read_text()
+    assert "targets:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", [["--shapes", "12y4"], ["--sparsities", "1.0"], ["--threads", "0"], ["--ms", "x"]])
