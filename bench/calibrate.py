@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--sparsities", default=",".join(str(s) for s in DEFAULT_SPARSITIES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=8.0, help="timing seconds per (shape, M)")
-    p.add_argument("--pack-kwargs", default="{}", help="JSON dict of extra keyword arguments for sqfx.pack")
+    p.add_argument("--pack-kwargs", default=None,
+                   help='JSON dict of extra sqfx.pack keyword arguments (default: {"layout": "sparse"} where '
+                        "pack() takes a layout, so the sparse path is what gets timed)")
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--quick", action="store_true", help="few repeats (for trying it out)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
         shapes = [parse_shape(s) for s in args.shapes.split(",")]
         ms = [int(m) for m in args.ms.split(",")]
         sparsities = sorted(float(s) for s in args.sparsities.split(","))
-        pack_kwargs = json.loads(args.pack_kwargs)
+        pack_kwargs = (json.loads(args.pack_kwargs) if args.pack_kwargs is not None
+                       else {"layout": "sparse"} if peers.default_pack_kwargs() else {})
     except ValueError as e:
         p.error(str(e))
     if not isinstance(pack_kwargs, dict):

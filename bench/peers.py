@@ -108,9 +108,21 @@ def sqfx_kernel_name(packed) -> str:
     return "" if k is None else str(k)
 
 
+def default_pack_kwargs() -> dict:
+    """What a conversion would pass to sqfx.pack: the cost-model layout choice where pack() has one."""
+    import inspect
+
+    params = inspect.signature(sqfx.pack).parameters
+    return {"layout": "auto"} if "layout" in params else {}
+
+
 def build_sqfx(w, mask, bias, **pack_kwargs) -> Layer:
     packed = sqfx.pack(w, mask=mask, block=(1, 4), bias=bias, **pack_kwargs)
-    return Layer(SQFX, packed, packed.nbytes(), sqfx_kernel_name(packed), [packed])
+    kernel = sqfx_kernel_name(packed)
+    layout = getattr(packed, "layout", None)
+    if kernel and isinstance(layout, str) and layout not in kernel:
+        kernel = f"{kernel} ({layout})"
+    return Layer(SQFX, packed, packed.nbytes(), kernel, [packed])
 
 
 def build_sqfx_module(w, mask, bias, **pack_kwargs) -> Layer:

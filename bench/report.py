@@ -243,7 +243,7 @@ def markdown(results, png_name: str | None) -> str:
         "sparse dynamic int8 `torch.ao.nn.sparse.quantized.dynamic.Linear` (qnnpack, 1x4, run with the qnnpack "
         "engine); ONNX Runtime `quantize_dynamic` (QInt8 per-channel) of a MatMul+Add model, "
         "`intra_op_num_threads` = threads, spinning off. sqfx is called as `sqfx.pack(w, mask=..., "
-        "block=(1, 4))(x)`.",
+        "block=(1, 4)" + "".join(f", {k}={v!r}" for k, v in results.get("pack_kwargs", {}).items()) + ")(x)`.",
         "- Timing: for each (shape, threads, M) every implementation and sparsity is timed in interleaved "
         f"rounds (rotating order) and the median per-call time over the rounds is kept (≥ {pol['min_rounds']} "
         f"and ≤ {pol['max_rounds']} rounds, each a burst of ~{pol['round_s'] * 1e3:g} ms of back-to-back calls, "

@@ -66,6 +66,9 @@ def parse_args(argv):
     p.add_argument("--no-ort", action="store_true", help="leave out ONNX Runtime even if installed")
     p.add_argument("--no-plot", action="store_true", help="don't write the PNG")
     p.add_argument("--note", default="", help="free text for the report's notes (e.g. machine load)")
+    p.add_argument("--pack-kwargs", default=None,
+                   help='JSON dict of extra sqfx.pack keyword arguments (default: {"layout": "auto"} where '
+                        "pack() takes a layout, else none)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -76,6 +79,12 @@ def parse_args(argv):
     args.ms = args.ms or list(QUICK_MS if args.quick else FULL_MS)
     args.sparsities = args.sparsities if args.sparsities is not None else list(
         QUICK_SPARSITIES if args.quick else FULL_SPARSITIES)
+    try:
+        args.pack_kwargs = peers.default_pack_kwargs() if args.pack_kwargs is None else json.loads(args.pack_kwargs)
+    except ValueError as e:
+        p.error(f"--pack-kwargs: {e}")
+    if not isinstance(args.pack_kwargs, dict):
+        p.error("--pack-kwargs must be a JSON object")
     for s in args.sparsities:
         if not 0.0 <= s < 1.0:
             p.error(f"sparsity must be in [0, 1), got {s}")
@@ -150,12 +159,13 @@ class ShapeLayers:
     a group (which also gives every row of a group the same denominator).
     """
 
-    def __init__(self, shape, sparsities, seed, use_ort, workdir):
+    def __init__(self, shape, sparsities, seed, use_ort, workdir, pack_kwargs):
         out_f, in_f = shape
         self.shape = shape
         self.w, self.b = random_weight(out_f, in_f, seed)
         self.masks = {s: block_magnitude_mask(self.w, s) for s in sparsities}
-        self.sqfx = {s: peers.build_sqfx(self.w, self.masks[s], self.b) for s in sparsities}
+        self.pack_kwargs = pack_kwargs
+        self.sqfx = {s: peers.build_sqfx(self.w, self.masks[s], self.b, **pack_kwargs) for s in sparsities}
         self.sparse = {s: peers.build_sparse_qnnpack(self.w * self.masks[s], self.b) for s in sparsities}
         self.dense_sparsity = _closest(sparsities, TARGET_SPARSITY)
         w_dense = self.w * self.masks[self.dense_sparsity]
@@ -211,7 +221,8 @@ def measure_streamed(layers: ShapeLayers, threads, working_set) -> list[dict]:
     rows = []
     for s, layer in layers.sqfx.items():
         packed = layer.keep[0]
-        remake = lambda s=s: sqfx.pack(layers.w, mask=layers.masks[s], block=(1, 4), bias=layers.b)  # noqa: E731
+        remake = lambda s=s: sqfx.pack(layers.w, mask=layers.masks[s], block=(1, 4), bias=layers.b,  # noqa: E731
+                                       **layers.pack_kwargs)
         t, n = memory.streamed_batch1(lambda: memory.copy_packed(packed, remake), layer.nbytes, working_set, x)
         rows.append({"shape": list(layers.shape), "threads": threads, "impl": peers.SQFX, "sparsity": s,
                      "seconds": t, "bytes": layer.nbytes, "copies": n})
@@ -224,15 +235,15 @@ def measure_streamed(layers: ShapeLayers, threads, working_set) -> list[dict]:
     return rows
 
 
-def measure_fixed_cost(threads, policy, use_ort, workdir) -> list[dict]:
+def measure_fixed_cost(threads, policy, use_ort, workdir, pack_kwargs) -> list[dict]:
     """Seconds per call of a 64x64 layer at M=1 (90% sparse weight): the fixed cost per call."""
     out_f, in_f = FIXED_COST_SHAPE
     w, b = random_weight(out_f, in_f, seed=7)
     mask = block_magnitude_mask(w, TARGET_SPARSITY)
     wm = w * mask
     layers = {
-        peers.SQFX: peers.build_sqfx(w, mask, b),
-        "sqfx_module": peers.build_sqfx_module(w, mask, b),
+        peers.SQFX: peers.build_sqfx(w, mask, b, **pack_kwargs),
+        "sqfx_module": peers.build_sqfx_module(w, mask, b, **pack_kwargs),
         peers.FP32: peers.build_fp32(wm, b),
         peers.INT8_FBGEMM: peers.build_int8_fbgemm(wm, b),
         peers.SPARSE_QNNPACK: peers.build_sparse_qnnpack(wm, b),
@@ -254,7 +265,7 @@ def run(args) -> dict:
     working_set = (2 << 20) if args.quick else int(args.stream_l3_multiple * l3)
     results = {"machine": machine_info(), "ort": use_ort, "quick": args.quick,
                "policy": vars(policy) | {"fixed_cost": vars(fixed_policy)},
-               "stream_working_set": working_set, "cells": [], "streamed": [], "fixed_cost": [],
+               "stream_working_set": working_set, "pack_kwargs": args.pack_kwargs, "cells": [], "streamed": [], "fixed_cost": [],
                "dram_read": {}, "accuracy": [], "read_bw_bytes": (64 << 20) if args.quick else (512 << 20),
                "read_bw_stat": "best of 7"}
     start = time.perf_counter()
@@ -267,7 +278,7 @@ def run(args) -> dict:
             log(f"[bench] DRAM read bandwidth, {threads} thread(s): {bw / 1e9:.1f} GB/s")
         for shape in args.shapes:
             t0 = time.perf_counter()
-            layers = ShapeLayers(shape, args.sparsities, args.seed, use_ort, workdir)
+            layers = ShapeLayers(shape, args.sparsities, args.seed, use_ort, workdir, args.pack_kwargs)
             log(f"[bench] {shape[0]}x{shape[1]}: built in {time.perf_counter() - t0:.1f} s")
             torch.set_num_threads(max(args.threads))
             results["accuracy"] += layers.accuracy(max(args.threads))
@@ -283,7 +294,7 @@ def run(args) -> dict:
             del layers
         for threads in args.threads:
             torch.set_num_threads(threads)
-            results["fixed_cost"] += measure_fixed_cost(threads, fixed_policy, use_ort, workdir)
+            results["fixed_cost"] += measure_fixed_cost(threads, fixed_policy, use_ort, workdir, args.pack_kwargs)
     results["elapsed_s"] = time.perf_counter() - start
     results["machine"]["loadavg_end"] = load_average()
     return results
