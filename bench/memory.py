@@ -31,20 +31,26 @@ def l3_bytes(default: int = 32 * MiB) -> int:
     return best or default
 
 
-def read_bandwidth(nbytes: int = 512 * MiB, repeats: int = 7) -> float:
-    """Bytes/s of a large fp32 sum (read-only, multi-threaded by torch), best of the repeats.
+def read_bandwidth(nbytes: int = 512 * MiB, repeats: int = 7) -> tuple[float, str]:
+    """Bytes/s of the fastest of a few read-only reductions over a large tensor, best of repeats.
 
-    Best, not median: this is the ceiling the layers are compared with, and load from other jobs
-    only ever lowers it.
+    The ceiling the layers are compared with, so it takes the best: which reduction streams fastest
+    differs with the thread count (on the dev machine fp32 sum() reached ~12 GB/s on 1 thread, int8
+    amax() ~20 GB/s), and load from other jobs only ever lowers a sample. Returns (bytes/s, how).
     """
     t = torch.ones(nbytes // 4, dtype=torch.float32)
-    t.sum()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        t.sum()
-        samples.append(time.perf_counter() - t0)
-    return nbytes / min(samples)
+    probes = {"fp32 sum": t.sum, "fp32 amax": t.amax, "int8 amax": t.view(torch.int8).amax,
+              "fp32 dot": lambda: torch.dot(t, t)}
+    best, how = 0.0, ""
+    for name, fn in probes.items():
+        fn()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            bw = nbytes / (time.perf_counter() - t0)
+            if bw > best:
+                best, how = bw, name
+    return best, how
 
 
 def copy_packed(packed, remake=None):

@@ -255,8 +255,8 @@ def markdown(results, png_name: str | None) -> str:
         f"{results['stream_working_set'] >> 20} MiB (L3: {m['l3_bytes'] >> 20} MiB), so every call reads its weights "
         "from DRAM; "
         "effective bandwidth = packed bytes (`PackedLinear.nbytes()`) / time per call. Read bandwidth: "
-        f"{results.get('read_bw_stat', 'median')} time of `sum()` over a {results.get('read_bw_bytes', 512 << 20) >> 20} "
-        "MiB fp32 tensor, per thread count.",
+        f"{results.get('read_bw_stat', 'median time of fp32 sum')} over a "
+        f"{results.get('read_bw_bytes', 512 << 20) >> 20} MiB tensor, per thread count.",
         "- Fixed cost: 64x64 layer (90% sparse), M=1, same interleaved timing.",
         "- The machine is shared: other jobs (compilers, tests) may run at the same time, and runs differ by "
         "25-50%. Only ratios measured in one run mean much.",
@@ -282,7 +282,9 @@ def markdown(results, png_name: str | None) -> str:
     if png_name:
         lines += ["", "## Speedup vs sparsity", "", f"![speedup vs best peer]({png_name})"]
     lines += ["", "## DRAM read bandwidth", ""]
-    lines += [f"- {t} thread(s): {bw / 1e9:.1f} GB/s" for t, bw in results["dram_read"].items()]
+    how = results.get("dram_read_how", {})
+    lines += [f"- {t} thread(s): {bw / 1e9:.1f} GB/s" + (f" ({how[t]})" if t in how else "")
+              for t, bw in results["dram_read"].items()]
     lines += ["", "## Batch 1, weights streamed from DRAM", "", _md_table(*_streamed_rows(results))]
     lines += ["", "## Fixed cost per call (64x64, M=1)", "", _md_table(*_fixed_rows(results))]
     lines += ["", "## Full table (times in microseconds, median)", "", _md_table(*table_rows(results))]
