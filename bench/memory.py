@@ -53,6 +53,23 @@ def read_bandwidth(nbytes: int = 512 * MiB, repeats: int = 7) -> tuple[float, st
     return best, how
 
 
+def parallel_region_cost(repeats: int = 200) -> float:
+    """Median seconds of a small op that torch splits across its thread pool (1M-element add_).
+
+    A health check of the machine, not of sqfx: on a quiet machine 2 threads make it faster than 1;
+    when other jobs hold the cores, every parallel region waits for a descheduled pool thread and
+    this jumps to milliseconds, and so does every multi-threaded timing of the run.
+    """
+    a = torch.zeros(1 << 20)
+    a.add_(1)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.add_(1)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
 def copy_packed(packed, remake=None):
     """An independent copy of a PackedLinear (fresh memory for every tensor).
 

@@ -195,6 +195,14 @@ def _load_notes(results) -> list[str]:
             loads.append(float(str(m.get(key, "")).split()[0]))
         except (ValueError, IndexError):
             pass
+    pr = {k: v for key in ("parallel_region_s", "parallel_region_end_s") for k, v in
+          [(f"{t} thread(s) {'start' if key == 'parallel_region_s' else 'end'}", s)
+           for t, s in results.get(key, {}).items()]}
+    if pr:
+        notes.append("Thread-pool health check (median time of a 1M-element `add_`, which torch splits across "
+                     "its threads; on a quiet machine more threads make it faster, under load every parallel "
+                     "region waits for a descheduled thread): "
+                     + ", ".join(f"{k}: {v * 1e6:.0f} us" for k, v in pr.items()) + ".")
     if loads and max(loads) > cpus:
         notes.append(f"The machine was overloaded during this run (1-min load average up to {max(loads):.1f} on "
                      f"{cpus} logical CPUs): multi-threaded timings, torch's above all, include long waits for a "

@@ -268,7 +268,7 @@ def run(args) -> dict:
                "stream_working_set": working_set, "pack_kwargs": args.pack_kwargs, "cells": [], "streamed": [], "fixed_cost": [],
                "dram_read": {}, "accuracy": [], "read_bw_bytes": (64 << 20) if args.quick else (512 << 20),
                "read_bw_stat": "the best of 7 repeats of the fastest of fp32 sum / fp32 amax / int8 amax / fp32 dot",
-               "dram_read_how": {}}
+               "dram_read_how": {}, "parallel_region_s": {}, "parallel_region_end_s": {}}
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="sqfx_bench_") as workdir:
@@ -278,6 +278,7 @@ def run(args) -> dict:
             results["dram_read"][str(threads)] = bw
             results["dram_read_how"][str(threads)] = how
             log(f"[bench] DRAM read bandwidth, {threads} thread(s): {bw / 1e9:.1f} GB/s ({how})")
+            results["parallel_region_s"][str(threads)] = memory.parallel_region_cost(20 if args.quick else 200)
         for shape in args.shapes:
             t0 = time.perf_counter()
             layers = ShapeLayers(shape, args.sparsities, args.seed, use_ort, workdir, args.pack_kwargs)
@@ -297,6 +298,9 @@ def run(args) -> dict:
         for threads in args.threads:
             torch.set_num_threads(threads)
             results["fixed_cost"] += measure_fixed_cost(threads, fixed_policy, use_ort, workdir, args.pack_kwargs)
+        for threads in args.threads:  # again at the end: was the machine quiet throughout?
+            torch.set_num_threads(threads)
+            results["parallel_region_end_s"][str(threads)] = memory.parallel_region_cost(20 if args.quick else 200)
     results["elapsed_s"] = time.perf_counter() - start
     results["machine"]["loadavg_end"] = load_average()
     return results
