@@ -80,6 +80,16 @@ def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dic
     return model
 
 
+def _auto_dynamic_shapes(example_inputs):
+    """Dim.AUTO on every tensor dim: export keeps batch / sequence sizes symbolic where the model
+    allows, so the converted module runs on other sizes than the example's."""
+    from torch.utils._pytree import tree_map
+
+    auto = torch.export.Dim.AUTO
+    return tree_map(lambda t: {d: auto for d in range(t.dim())} if isinstance(t, torch.Tensor) else None,
+                    tuple(example_inputs))
+
+
 def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = None, example_inputs=None,
                         inplace: bool = False) -> nn.Module:
     """Converts the model's linear layers to block-sparse int8 `sqfx.qlinear_dynamic` calls.
@@ -111,7 +121,8 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     if gm is None and example_inputs is not None:
         try:
             with torch.no_grad():
-                ep = torch.export.export(work, example_inputs, strict=False)
+                ep = torch.export.export(work, tuple(example_inputs), strict=False,
+                                         dynamic_shapes=_auto_dynamic_shapes(example_inputs))
             gm, capture = ep.module(), "torch.export"
         except Exception as e:  # noqa: BLE001
             notes.append(f"torch.export(strict=False) failed ({_first_line(e)})")

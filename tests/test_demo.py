@@ -130,8 +130,6 @@ def test_fx_converter_path(demo, tiny_bert):
         demo.convert(masked, {}, converter="fx", act_modes={"x": "weight_only"})
 
 
-@pytest.mark.xfail(strict=True, reason="prepare_and_convert's torch.export capture of an HF model specializes "
-                                       "the batch size (no dynamic shapes yet); the demo's default path swaps modules")
 def test_fx_converter_path_other_batch(demo, tiny_bert):
     masked, converted = _fx_converted(demo, tiny_bert, demo.random_inputs(2, 8, 120, seed=5))
     other = demo.random_inputs(3, 8, 120, seed=6)
