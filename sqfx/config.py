@@ -18,12 +18,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-ACTIVATION_MODES = ("dynamic_int8",)
+ACTIVATION_MODES = ("dynamic_int8", "weight_only", "auto")
 PRUNE_NORMS = ("l1", "l2")
 UNSTRUCTURED_MASK_POLICIES = ("error", "coarsen")
 # Fields a per-layer override may set (the rest are global by nature).
 OVERRIDABLE = ("block", "target_sparsity", "prune_norm", "per_channel", "observer", "fuse_relu",
-               "skip")
+               "activation", "skip")
 
 
 class ConfigError(ValueError):
@@ -109,6 +109,7 @@ class LayerSettings:
     per_channel: bool
     observer: Any
     fuse_relu: bool
+    activation: str = "dynamic_int8"
 
 
 @dataclass
@@ -120,7 +121,11 @@ class SparseQuantConfig:
         mask of its own (None: no pruning; blocks that are all zero are still skipped).
     prune_norm: "l1" or "l2", the per-block norm ranked by the pruning.
     per_channel: per-output-channel weight scales (else one per-tensor scale).
-    activation: activation quantization mode; only "dynamic_int8" (per-row uint8) exists.
+    activation: "dynamic_int8" (activations quantized per row to uint8 on the fly: the fast
+        path), "weight_only" (fp32 activations x int8 weights), or "auto": per layer, from a
+        short calibration on prepare_and_convert's example_inputs (weight_only where the
+        dynamic-int8 output's SQNR is below act_threshold_db).
+    act_threshold_db: the SQNR threshold of activation="auto".
     filter_fn: `filter_fn(module, fqn) -> bool`, a layer is converted only if it returns True.
         `module` is the nn.Linear when it is known (it may be None for Dynamo graphs).
     include / exclude: names (fnmatch globs), compiled regexes or module types. A layer must
@@ -143,6 +148,7 @@ class SparseQuantConfig:
     prune_norm: str = "l1"
     per_channel: bool = True
     activation: str = "dynamic_int8"
+    act_threshold_db: float = 30.0
     filter_fn: Optional[Callable[[Any, str], bool]] = None
     include: Optional[Sequence] = None
     exclude: Optional[Sequence] = None
@@ -160,6 +166,9 @@ class SparseQuantConfig:
         _check_choice(self.prune_norm, PRUNE_NORMS, "prune_norm")
         _check_bool(self.per_channel, "per_channel")
         _check_choice(self.activation, ACTIVATION_MODES, "activation")
+        if isinstance(self.act_threshold_db, bool) or not isinstance(self.act_threshold_db, (int, float)) \
+                or self.act_threshold_db != self.act_threshold_db:
+            raise ConfigError(f"sqfx config: act_threshold_db must be a number, got {self.act_threshold_db!r}")
         if self.filter_fn is not None and not callable(self.filter_fn):
             raise ConfigError(f"sqfx config: filter_fn must be callable(module, fqn), got {self.filter_fn!r}")
         self.include = _check_name_patterns(self.include, "include", allow_types=True)
@@ -199,6 +208,7 @@ class SparseQuantConfig:
             "per_channel": lambda v: _check_bool(v, f"{where}.per_channel"),
             "observer": lambda v: _check_observer(v, f"{where}.observer"),
             "fuse_relu": lambda v: _check_bool(v, f"{where}.fuse_relu"),
+            "activation": lambda v: _check_choice(v, ACTIVATION_MODES, f"{where}.activation"),
             "skip": lambda v: _check_bool(v, f"{where}.skip"),
         }
         return {k: checks[k](v) for k, v in values.items()}
@@ -234,10 +244,15 @@ class SparseQuantConfig:
                 merged.update(values)
         return merged
 
+    def uses_auto_activation(self) -> bool:
+        """True when some layer's activation mode is "auto" (it then needs calibration inputs)."""
+        return self.activation == "auto" or any(v.get("activation") == "auto" for v in self.overrides.values())
+
     def settings_for(self, fqn: str) -> LayerSettings:
         values = {
             "block": self.block, "target_sparsity": self.target_sparsity, "prune_norm": self.prune_norm,
             "per_channel": self.per_channel, "observer": self.observer, "fuse_relu": self.fuse_relu,
+            "activation": self.activation,
         }
         values.update({k: v for k, v in self._override_values(fqn).items() if k != "skip"})
         return LayerSettings(**values)

@@ -16,8 +16,10 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .config import SparseQuantConfig, as_config
+from .config import ConfigError, SparseQuantConfig, as_config
 from .lowering import ConversionReport, LayerReport, SkippedLayer, convert_graph, lower_layer
+from .lowering.act_mode import choose_activation_modes
+from .lowering.rewrite import resolve_activation
 from .lowering.mask import collect_module_masks, strip_reparametrizations
 from .nn import SparseQuantLinear
 from .patterns.linear_relu import _is_linear_relu_module, _is_plain_linear
@@ -39,7 +41,8 @@ def _copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dict, report: ConversionReport):
+def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dict, report: ConversionReport,
+                  act_modes: Optional[dict]):
     cache = {}
     inside_fused = set()
     for fqn, module in list(model.named_modules()):
@@ -69,14 +72,16 @@ def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dic
         lowered = cache[key][1] if shared_with else lower_layer(
             name, linear.weight, linear.bias, settings, config, module_masks)
         cache.setdefault(key, (name, lowered))
-        new = SparseQuantLinear(lowered.packed, relu=fused)
+        activation = resolve_activation(settings.activation, name, act_modes)
+        new = SparseQuantLinear(lowered.packed, relu=fused, act_mode=activation)
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         p = lowered.packed
         report.layers.append(LayerReport(
             fqn=name, in_features=in_features, out_features=out_features, block=p.block, sparsity=p.sparsity,
             scheme=lowered.scheme, relu_fused=fused, sqnr_db=lowered.sqnr_db, mask_source=lowered.mask_source,
-            matched="LinearReLU module" if fused else "nn.Linear module", shared_with=shared_with))
+            matched="LinearReLU module" if fused else "nn.Linear module", shared_with=shared_with,
+            activation=activation))
     return model
 
 
@@ -112,6 +117,13 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     work.eval()
     module_masks = collect_module_masks(work)
     strip_reparametrizations(work)
+    act_modes = None
+    if config.uses_auto_activation():
+        if example_inputs is None:
+            raise ConfigError('sqfx: activation="auto" calibrates on example_inputs; pass example_inputs '
+                              'to prepare_and_convert, or choose "dynamic_int8" / "weight_only"')
+        act_modes = choose_activation_modes(work, example_inputs, config, threshold_db=config.act_threshold_db,
+                                            masks={**{k: m for k, (m, _) in module_masks.items()}, **config.masks})
     notes = []
     gm, capture = None, None
     try:
@@ -129,7 +141,8 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
     elif gm is None:
         notes.append("no example_inputs, so torch.export was not tried")
     if gm is not None:
-        report = convert_graph(gm, config, root=work, module_masks=module_masks, capture=capture)
+        report = convert_graph(gm, config, root=work, module_masks=module_masks, capture=capture,
+                               act_modes=act_modes)
         converted = gm
         seen = set(report.converted) | {s.fqn for s in report.skipped}
         for fqn, module in work.named_modules():
@@ -139,7 +152,7 @@ def prepare_and_convert(model: nn.Module, config: Optional[SparseQuantConfig] = 
                                                         "(e.g. inside nn.MultiheadAttention)"))
     else:
         report = ConversionReport(capture="module_swap")
-        converted = _swap_modules(work, config, module_masks, report)
+        converted = _swap_modules(work, config, module_masks, report, act_modes)
     report.notes = notes + report.notes
     if capture != "torch.export":  # ExportedProgram.module() refuses .eval(); it was traced in eval mode
         converted.eval()

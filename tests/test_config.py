@@ -16,7 +16,7 @@ from sqfx.config import ConfigError, SparseQuantConfig, as_config
     ({"target_sparsity": "half"}, "target_sparsity"),
     ({"prune_norm": "l3"}, r"prune_norm must be one of \['l1', 'l2'\]"),
     ({"per_channel": "yes"}, "per_channel must be a bool"),
-    ({"activation": "static_int8"}, r"activation must be one of \['dynamic_int8'\]"),
+    ({"activation": "static_int8"}, r"activation must be one of \['dynamic_int8', 'weight_only', 'auto'\]"),
     ({"filter_fn": 3}, "filter_fn must be callable"),
     ({"include": [3]}, "include entries must be"),
     ({"min_features": -1}, "min_features must be a non-negative int"),

@@ -173,7 +173,7 @@ def test_report_contents():
     assert rep.capture == "symbolic_trace" and rep.converted == ["0", "2"] and rep.skipped == []
     l0 = rep["0"]
     assert (l0.in_features, l0.out_features, l0.block, l0.relu_fused) == (16, 8, (2, 2), True)
-    assert l0.sparsity == 0.5 and l0.scheme == "int8 per_tensor, act dynamic_int8"
+    assert l0.sparsity == 0.5 and l0.scheme == "int8 per_tensor" and l0.activation == "dynamic_int8"
     assert l0.mask_source == "magnitude l1 0.5" and l0.matched == "nn.Linear module"
     p = packed_of(out, "sqfx_0", l0)
     keep = p.block_mask().repeat_interleave(2, 0).repeat_interleave(2, 1)

@@ -31,6 +31,7 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
 
 def lower_layer(fqn: str, weight: torch.Tensor, bias: Optional[torch.Tensor], settings: LayerSettings,
                 config: SparseQuantConfig, module_masks: dict) -> LoweredLayer:
+    """Mask, observe and pack one layer (the activation mode does not change the packed weight)."""
     chosen = choose_mask(fqn, weight, settings.block, settings.target_sparsity, settings.prune_norm,
                          config.masks, module_masks, config.on_unstructured_mask)
     scales, per_channel = weight_scales(chosen.weight, settings.observer, settings.per_channel, fqn)
@@ -38,4 +39,4 @@ def lower_layer(fqn: str, weight: torch.Tensor, bias: Optional[torch.Tensor], se
                   bias=bias, scales=scales)
     packed.validate()
     return LoweredLayer(packed, chosen.source, sqnr_db(chosen.weight, packed.unpack()),
-                        f"int8 {packed.scheme}, act {config.activation}")
+                        f"int8 {packed.scheme}")

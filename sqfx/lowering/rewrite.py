@@ -18,6 +18,7 @@ from .mask import collect_module_masks
 from .report import ConversionReport, LayerReport, SkippedLayer
 
 QLINEAR = torch.ops.sqfx.qlinear_dynamic.default
+QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
 _PACKED_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
 
 
@@ -47,14 +48,28 @@ def _lookup_module(root: Optional[nn.Module], fqn: str):
     return mod
 
 
-def _emit(gm: fx.GraphModule, match: LinearMatch, attrs: dict, in_features: int, relu: bool) -> fx.Node:
+def resolve_activation(settings_activation: str, fqn: str, act_modes) -> str:
+    """The layer's activation mode: "auto" is looked up in the calibration's choices."""
+    if settings_activation != "auto":
+        return settings_activation
+    return (act_modes or {}).get(fqn, "dynamic_int8")
+
+
+def _emit(gm: fx.GraphModule, match: LinearMatch, attrs: dict, in_features: int, relu: bool,
+          activation: str) -> fx.Node:
     graph = gm.graph
     out = match.output_node
     with graph.inserting_before(match.linear_node):
-        getters = {f: (graph.get_attr(name) if name is not None else None) for f, name in attrs.items()}
-        node = graph.call_function(QLINEAR, (
-            match.input_node, getters["values"], getters["row_ptr"], getters["col_idx"], getters["w_scale"],
-            getters["w_sum"], getters["bias"], in_features, relu))
+        used = [f for f in attrs if not (activation == "weight_only" and f == "w_sum")]
+        g = {f: (graph.get_attr(attrs[f]) if attrs[f] is not None else None) for f in used}
+        if activation == "weight_only":
+            node = graph.call_function(QLINEAR_WEIGHT_ONLY, (
+                match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["bias"],
+                in_features, relu))
+        else:
+            node = graph.call_function(QLINEAR, (
+                match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["w_sum"],
+                g["bias"], in_features, relu))
     node.meta.update({k: v for k, v in out.meta.items() if k in ("val", "example_value", "tensor_meta",
                                                                    "stack_trace", "nn_module_stack")})
     out.replace_all_uses_with(node)
@@ -91,7 +106,8 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
                   root: Optional[nn.Module] = None,
                   resolve_placeholder: Optional[PlaceholderResolver] = None,
                   module_masks: Optional[dict] = None,
-                  capture: str = "graph") -> ConversionReport:
+                  capture: str = "graph",
+                  act_modes: Optional[dict] = None) -> ConversionReport:
     """Rewrites every selected linear (+ReLU) of `gm` in place; returns the report.
 
     gm: a GraphModule from torch.fx.symbolic_trace, a Dynamo backend, or `ExportedProgram.module()`
@@ -102,6 +118,8 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
         (Dynamo: sqfx.patterns.dynamo_param_resolver(gm, example_inputs, root)). Those
         placeholders stay in the signature, unused.
     module_masks: {fqn: (mask, source)}; defaults to collect_module_masks(root).
+    act_modes: {fqn: "dynamic_int8" | "weight_only"} chosen by a calibration, for the layers whose
+        activation setting is "auto" (without it, "auto" layers use dynamic_int8, noted in the report).
     """
     config = as_config(config)
     root = root if root is not None else gm
@@ -110,6 +128,7 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
     report = ConversionReport(capture=capture)
     cache: dict = {}  # (weight, bias, settings) -> (buffer names, first fqn, lowered)
     used_attr_nodes: set = set()
+    auto_noted = False
     for match in find_linear_matches(gm, resolve_placeholder, fuse_relu=True):
         module = match.module if match.module is not None else _lookup_module(root, match.fqn)
         out_features, in_features = match.shape
@@ -143,12 +162,17 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
         for ref in (match.weight, match.bias):
             if ref is not None and ref.node is not None:
                 used_attr_nodes.add(ref.node)
-        _emit(gm, match, attrs, in_features, match.relu)
+        activation = resolve_activation(settings.activation, match.fqn, act_modes)
+        if settings.activation == "auto" and act_modes is None and not auto_noted:
+            report.notes.append('activation="auto" had no calibration inputs here: those layers use dynamic_int8')
+            auto_noted = True
+        _emit(gm, match, attrs, in_features, match.relu, activation)
         p = lowered.packed
         report.layers.append(LayerReport(
             fqn=match.fqn, in_features=in_features, out_features=out_features, block=p.block,
             sparsity=p.sparsity, scheme=lowered.scheme, relu_fused=match.relu, sqnr_db=lowered.sqnr_db,
-            mask_source=lowered.mask_source, matched=_describe(match), shared_with=shared_with))
+            mask_source=lowered.mask_source, matched=_describe(match), shared_with=shared_with,
+            activation=activation))
     _drop_unused_fp32(gm, used_attr_nodes)
     gm.graph.lint()
     gm.recompile()
