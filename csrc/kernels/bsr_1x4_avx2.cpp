@@ -75,10 +75,25 @@ SQFX_AVX2 bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
           acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(lo, hi));
         }
       }
-      for (; j < end; ++j) {
-        const int64_t col = static_cast<int64_t>(col_idx[j]);
-        if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
-        for (int m = 0; m < MT; ++m) tail[m] += dot4_scalar(q[m] + col * 4, w.values + j * 4);
+      if (j < end) {
+        // Tail of 1..7 blocks: masked weight load (no fault, zeros) and the
+        // indices copied to a zeroed buffer, instead of a scalar loop whose
+        // variable trip count costs branch mispredictions.
+        const int64_t rem = end - j;
+        alignas(32) Index tail_idx[8] = {};
+        std::memcpy(tail_idx, col_idx + j, rem * sizeof(Index));
+        __m256i idx = load_idx8(tail_idx, max_idx, &bad);
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rem)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256i wv = _mm256_maskload_epi32(reinterpret_cast<const int*>(w.values + j * 4), live);
+        __m256i wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
+        __m256i whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
+        for (int m = 0; m < MT; ++m) {
+          __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q[m]), idx, 4);
+          __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(g)), wlo);
+          __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(g, 1)), whi);
+          acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(lo, hi));
+        }
       }
     } else {
       for (; j < end; ++j) {

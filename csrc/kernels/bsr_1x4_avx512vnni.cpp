@@ -7,7 +7,7 @@
 // rows kernel: 8 blocks per step, activations gathered (ymm vpgatherdd), one
 //   vpdpbusd per input row; contiguous 64-byte steps for wide blocks.
 // panel kernel: a 1x4 block's weight dword is broadcast to 16 lanes and
-//   multiplies 16 input rows per zmm load, up to 64 rows per output row pass.
+//   multiplies 16 input rows per zmm load, up to 128 rows per output row pass.
 #include <immintrin.h>
 
 #include <cstring>
@@ -60,10 +60,23 @@ SQFX_VNNI bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
           acc[m] = _mm256_dpbusd_epi32(acc[m], g, wv);
         }
       }
-      for (; j < end; ++j) {
-        const int64_t col = static_cast<int64_t>(col_idx[j]);
-        if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
-        for (int m = 0; m < MT; ++m) tail[m] += dot4_scalar(q[m] + col * 4, w.values + j * 4);
+      if (j < end) {
+        // Tail of 1..7 blocks: masked loads (no fault, zeros) instead of a
+        // scalar loop, whose variable trip count costs branch mispredictions.
+        const __mmask8 live = static_cast<__mmask8>((1u << (end - j)) - 1);
+        __m256i raw;
+        if constexpr (sizeof(Index) == 2) {
+          raw = _mm256_cvtepi16_epi32(_mm_maskz_loadu_epi16(live, col_idx + j));
+        } else {
+          raw = _mm256_maskz_loadu_epi32(live, col_idx + j);
+        }
+        __m256i idx = _mm256_min_epi32(_mm256_max_epi32(raw, _mm256_setzero_si256()), max_idx);
+        bad = _mm256_or_si256(bad, _mm256_xor_si256(raw, idx));
+        __m256i wv = _mm256_maskz_loadu_epi32(live, w.values + j * 4);
+        for (int m = 0; m < MT; ++m) {
+          __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q[m]), idx, 4);
+          acc[m] = _mm256_dpbusd_epi32(acc[m], g, wv);
+        }
       }
     } else {
       for (; j < end; ++j) {
@@ -148,17 +161,31 @@ SQFX_VNNI bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
   __m512i acc[U];
   for (int u = 0; u < U; ++u) acc[u] = _mm512_setzero_si512();
   bool ok = true;
-  for (int64_t j = w.row_ptr[n]; j < w.row_ptr[n + 1]; ++j) {
-    const int64_t col = static_cast<int64_t>(col_idx[j]);
-    if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
-    const int8_t* v = w.values + j * cb;
-    const uint8_t* src = panel + col * nsub * stride + ms * 4;
-    for (int64_t t = 0; t < nsub; ++t, v += 4, src += stride) {
-      int32_t w4;
-      std::memcpy(&w4, v, 4);
-      __m512i wb = _mm512_set1_epi32(w4);
+  const int64_t end = w.row_ptr[n + 1];
+  if (cb == 4) {
+    const uint8_t* base = panel + ms * 4;
+    const int32_t* wd = reinterpret_cast<const int32_t*>(w.values);
+    for (int64_t j = w.row_ptr[n]; j < end; ++j) {
+      const int64_t col = static_cast<int64_t>(col_idx[j]);
+      if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
+      const __m512i wb = _mm512_set1_epi32(wd[j]);
+      const uint8_t* src = base + col * stride;
       for (int u = 0; u < U; ++u)
         acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_loadu_si512(src + 64 * u), wb);
+    }
+  } else {
+    for (int64_t j = w.row_ptr[n]; j < end; ++j) {
+      const int64_t col = static_cast<int64_t>(col_idx[j]);
+      if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
+      const int8_t* v = w.values + j * cb;
+      const uint8_t* src = panel + col * nsub * stride + ms * 4;
+      for (int64_t t = 0; t < nsub; ++t, v += 4, src += stride) {
+        int32_t w4;
+        std::memcpy(&w4, v, 4);
+        __m512i wb = _mm512_set1_epi32(w4);
+        for (int u = 0; u < U; ++u)
+          acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_loadu_si512(src + 64 * u), wb);
+      }
     }
   }
   for (int u = 0; u < U; ++u) {
@@ -181,9 +208,13 @@ bool panel_impl(const PanelRows& a, int64_t chunk, const BsrWeight& w,
   const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
   bool ok = true;
   for (int64_t n = rb_begin; n < rb_end; ++n) {
-    for (int64_t u = 0; u < units; u += 4) {
+    for (int64_t u = 0; u < units; u += 8) {
       const int64_t ms = u * 16;
-      switch (units - u >= 4 ? 4 : units - u) {
+      switch (units - u >= 8 ? 8 : units - u) {
+        case 8: ok &= panel_tile<Index, 8>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
+        case 7: ok &= panel_tile<Index, 7>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
+        case 6: ok &= panel_tile<Index, 6>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
+        case 5: ok &= panel_tile<Index, 5>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
         case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
         case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
         case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
