@@ -124,6 +124,8 @@ std::vector<std::string> kernel_isas() {
   return std::vector<std::string>(names, names + count);
 }
 
+std::string active_kernel_isa() { return active_isa_name(); }
+
 std::string set_kernel_isa(std::string isa) {
   STD_TORCH_CHECK(force_isa(isa.c_str()), "sqfx: kernel ISA '", isa,
                   "' is not available on this CPU (use 'auto' or one of sqfx.ops.available_isas())");
@@ -139,6 +141,7 @@ STABLE_TORCH_LIBRARY(sqfx, m) {
       "Tensor w_scale, Tensor w_sum, Tensor? bias, int in_features, bool relu) -> Tensor");
   m.def("_kernel_isas() -> str[]");
   m.def("_set_kernel_isa(str isa) -> str");
+  m.def("_active_kernel_isa() -> str");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
@@ -148,4 +151,5 @@ STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
 STABLE_TORCH_LIBRARY_IMPL(sqfx, CompositeExplicitAutograd, m) {
   m.impl("_kernel_isas", TORCH_BOX(&sqfx::kernel_isas));
   m.impl("_set_kernel_isa", TORCH_BOX(&sqfx::set_kernel_isa));
+  m.impl("_active_kernel_isa", TORCH_BOX(&sqfx::active_kernel_isa));
 }

@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -31,7 +30,7 @@ namespace sqfx {
 namespace {
 
 constexpr int64_t kPanelMinRows = 4;
-static const int64_t kPanelBytes = getenv("SQFX_PANEL_KB") ? atoi(getenv("SQFX_PANEL_KB")) * 1024 : 512 * 1024;  // one chunk of activations stays in L2
+constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 constexpr int64_t kMinParallelWork = 1 << 17;
 
 struct Caps {
