@@ -40,12 +40,45 @@ def ao_dynamic(w, b):
     return m
 
 
+def cpu_median(fn, reps, warmup=3):
+    """Median thread CPU time: robust to other processes sharing the machine (1 thread)."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.thread_time_ns()
+        fn()
+        ts.append(time.thread_time_ns() - t0)
+    return statistics.median(ts) / 1e3
+
+
+def crossover(args):
+    torch.set_num_threads(1)
+    N, K = 3072, 768
+    print(f"{N}x{K}, 1 thread, isa={torch.ops.sqfx._set_kernel_isa(args.isa)}; time sparse / time dense")
+    with torch.inference_mode():
+        for block in [(1, 4), (8, 1), (4, 4)]:
+            _, dense = layer(N, K, 0.0, block, layout="dense")
+            for M in (1, 32, 128):
+                x = torch.randn(M, K)
+                td = cpu_median(lambda: dense(x), 60)
+                cells = []
+                for sp in (0.0, 0.3, 0.5, 0.7, 0.9):
+                    _, sparse = layer(N, K, sp, block)
+                    cells.append(f"{sp:.1f}:{cpu_median(lambda: sparse(x), 60) / td:5.2f}")
+                print(f"block {block[0]}x{block[1]} M={M:4d} dense {td:8.1f} us | " + " ".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--isa", default="auto")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--crossover", action="store_true",
+                    help="sparse vs dense layout per block family (calibrates DENSE_BELOW_SPARSITY)")
     args = ap.parse_args()
+    if args.crossover:
+        return crossover(args)
     torch.ops.sqfx._set_kernel_isa(args.isa)
     torch.backends.quantized.engine = "fbgemm"
     reps = 50 if args.quick else 200

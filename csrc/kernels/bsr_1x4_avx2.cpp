@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "epilogue_x86.h"
 #include "kernels.h"
@@ -40,11 +41,91 @@ inline int32_t dot4_scalar(const uint8_t* a, const int8_t* w) {
 }
 
 // Accumulators of MT input rows for one output row n.
+
+// Sparse 1x4, few input rows: a flat pass over all blocks of a group of rows,
+// 8 blocks per step whatever row they belong to (no per-row loop whose
+// variable trip count would mispredict and serialize the gathers), writing the
+// running (prefix) sum of the block dot products; a row's accumulator is then
+// the difference of two prefix sums.
+template <typename Index, int MT>
+SQFX_AVX2 bool rows_flat(const QuantizedRows& a, const BsrWeight& w, const Index* col_idx,
+                      float* out, bool relu, int64_t rb_begin, int64_t rb_end, int64_t m0) {
+  constexpr int64_t kPiece = 4096;  // blocks per pass: prefix sums stay in L1
+  thread_local std::vector<int32_t> buffer;
+  const __m256i max_idx = _mm256_set1_epi32(static_cast<int32_t>(w.n_col_blocks - 1));
+  __m256i bad = _mm256_setzero_si256();
+  const uint8_t* q[MT];
+  for (int m = 0; m < MT; ++m) q[m] = a.q + (m0 + m) * a.ld;
+  alignas(32) int32_t sums[MT][8];
+  int filled = 0;
+  int64_t n_first = rb_begin;
+  for (int64_t n = rb_begin; n < rb_end;) {
+    const int64_t jb = w.row_ptr[n];
+    int64_t n_end = n + 1;
+    while (n_end < rb_end && w.row_ptr[n_end + 1] - jb <= kPiece) ++n_end;
+    const int64_t je = w.row_ptr[n_end];
+    const int64_t stride = je - jb + 9;
+    if (static_cast<int64_t>(buffer.size()) < MT * stride) buffer.resize(MT * stride);
+    int32_t* prefix[MT];
+    __m256i carry[MT];
+    for (int m = 0; m < MT; ++m) {
+      prefix[m] = buffer.data() + m * stride;
+      prefix[m][0] = 0;
+      carry[m] = _mm256_setzero_si256();
+    }
+    for (int64_t j = jb; j < je; j += 8) {
+      const int64_t rem = je - j;
+      __m256i idx, wv;
+      if (rem >= 8) {
+        idx = load_idx8(col_idx + j, max_idx, &bad);
+        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + j * 4));
+      } else {
+        alignas(32) Index tail_idx[8] = {};
+        std::memcpy(tail_idx, col_idx + j, rem * sizeof(Index));
+        idx = load_idx8(tail_idx, max_idx, &bad);
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rem)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        wv = _mm256_maskload_epi32(reinterpret_cast<const int*>(w.values + j * 4), live);
+      }
+      const __m256i wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
+      const __m256i whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
+      for (int m = 0; m < MT; ++m) {
+        __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q[m]), idx, 4);
+        __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(g)), wlo);
+        __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(g, 1)), whi);
+        // lanes: lo = pair sums of blocks 0-3, hi = blocks 4-7 -> one dot per block
+        __m256i d = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8);
+        __m256i s = scan8(d, carry[m]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix[m] + 1 + (j - jb)), s);
+        carry[m] = last_lane(s);
+      }
+    }
+    for (int64_t r = n; r < n_end; ++r) {
+      const int64_t s0 = w.row_ptr[r] - jb, s1 = w.row_ptr[r + 1] - jb;
+      for (int m = 0; m < MT; ++m)
+        sums[m][filled] = static_cast<int32_t>(static_cast<uint32_t>(prefix[m][s1]) -
+                                               static_cast<uint32_t>(prefix[m][s0]));
+      if (++filled == 8 || r + 1 == rb_end) {
+        for (int m = 0; m < MT; ++m) {
+          __m256i s = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[m]));
+          epilogue_n8(s, a.zp[m0 + m], a.scale[m0 + m], w, n_first, filled, relu,
+                      out + (m0 + m) * w.N);
+        }
+        filled = 0;
+        n_first = r + 1;
+      }
+    }
+    n = n_end;
+  }
+  return !any_bits(bad);
+}
+
 template <typename Index, int MT>
 SQFX_AVX2 bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
                          const Index* col_idx, float* out, bool relu,
                          int64_t rb_begin, int64_t rb_end, int64_t m0) {
   const int64_t cb = w.col_block;
+  if (cb == 4) return rows_flat<Index, MT>(a, w, col_idx, out, relu, rb_begin, rb_end, m0);
   const __m256i max_idx = _mm256_set1_epi32(static_cast<int32_t>(w.n_col_blocks - 1));
   __m256i bad = _mm256_setzero_si256();
   bool ok = true;

@@ -91,3 +91,25 @@ inline bool col_ok(int64_t col, int64_t n_cb) {
 
 }  // namespace x86
 }  // namespace sqfx
+
+namespace sqfx {
+namespace x86 {
+
+// Inclusive prefix sum of the 8 int32 lanes (wrapping), plus carry (a
+// broadcast vector). Wrapping is fine: only differences of prefix sums that
+// fit in int32 (one row's accumulator) are used.
+__attribute__((target("avx2,fma"))) inline __m256i scan8(__m256i x, __m256i carry) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  // add lane 3 (end of the low half) to the high half
+  __m256i low_total = _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(3));
+  x = _mm256_add_epi32(x, _mm256_blend_epi32(_mm256_setzero_si256(), low_total, 0xF0));
+  return _mm256_add_epi32(x, carry);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256i last_lane(__m256i x) {
+  return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7));
+}
+
+}  // namespace x86
+}  // namespace sqfx
