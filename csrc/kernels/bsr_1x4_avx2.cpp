@@ -228,7 +228,7 @@ bool rows_impl(const QuantizedRows& a, const BsrWeight& w, const Index* idx,
 template <typename Index, int U>
 SQFX_AVX2 bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
                           int64_t rows, const BsrWeight& w, const Index* col_idx,
-                          float* out, bool relu, int64_t n, int64_t ms) {
+                          float* tile, int64_t n_tile, bool relu, int64_t n, int64_t ms) {
   const int64_t cb = w.col_block, nsub = cb / 4, stride = a.mc * 4;
   __m256i acc[2 * U];
   for (int u = 0; u < 2 * U; ++u) acc[u] = _mm256_setzero_si256();
@@ -257,7 +257,7 @@ SQFX_AVX2 bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
     if (r >= rows) break;
     const int64_t count = rows - r < 8 ? rows - r : 8;
     epilogue_m8(s, a.zp + m0 + r, a.scale + m0 + r, w, n, count, relu,
-                out + (m0 + r) * w.N);
+                tile + r * kTileN + (n - n_tile), kTileN);
   }
   return ok;
 }
@@ -271,17 +271,26 @@ bool panel_impl(const PanelRows& a, int64_t chunk, const BsrWeight& w,
   const int64_t units = (rows + 7) / 8;
   const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
   bool ok = true;
+  thread_local std::vector<float> tile_buffer;
+  if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
+  float* tile = tile_buffer.data();
+  int64_t n_tile = rb_begin;
   for (int64_t n = rb_begin; n < rb_end; ++n) {
+    if (n - n_tile == kTileN) {
+      flush_tile(tile, rows, n_tile, kTileN, w.N, out + m0 * w.N);
+      n_tile = n;
+    }
     for (int64_t u = 0; u < units; u += 4) {
       const int64_t ms = u * 8;
       switch (units - u >= 4 ? 4 : units - u) {
-        case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        default: ok &= panel_tile<Index, 1>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
+        case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        default: ok &= panel_tile<Index, 1>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
       }
     }
   }
+  if (rb_end > rb_begin) flush_tile(tile, rows, n_tile, rb_end - n_tile, w.N, out + m0 * w.N);
   return ok;
 }
 

@@ -218,7 +218,7 @@ bool rows_impl(const QuantizedRows& a, const BsrWeight& w, const Index* idx,
 // m-direction epilogue for 16 input rows (see epilogue_m8).
 SQFX_VNNI inline void epilogue_m16(__m512i acc, const int32_t* zp, const float* a_scale,
                                    const BsrWeight& w, int64_t n, int64_t count,
-                                   bool relu, float* out_m0) {
+                                   bool relu, float* dst) {
   __m512i corr = _mm512_sub_epi32(
       acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(w.w_sum[n])));
   __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(w.w_scale[n]));
@@ -230,13 +230,13 @@ SQFX_VNNI inline void epilogue_m16(__m512i acc, const int32_t* zp, const float* 
   }
   alignas(64) float t[16];
   _mm512_store_ps(t, v);
-  for (int64_t l = 0; l < count; ++l) out_m0[l * w.N + n] = t[l];
+  for (int64_t l = 0; l < count; ++l) dst[l * x86::kTileN] = t[l];
 }
 
 template <typename Index, int U>
 SQFX_VNNI bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
                           int64_t rows, const BsrWeight& w, const Index* col_idx,
-                          float* out, bool relu, int64_t n, int64_t ms) {
+                          float* tile, int64_t n_tile, bool relu, int64_t n, int64_t ms) {
   const int64_t cb = w.col_block, nsub = cb / 4, stride = a.mc * 4;
   __m512i acc[U];
   for (int u = 0; u < U; ++u) acc[u] = _mm512_setzero_si512();
@@ -273,7 +273,7 @@ SQFX_VNNI bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
     if (r >= rows) break;
     const int64_t count = rows - r < 16 ? rows - r : 16;
     epilogue_m16(acc[u], a.zp + m0 + r, a.scale + m0 + r, w, n, count, relu,
-                 out + (m0 + r) * w.N);
+                 tile + r * kTileN + (n - n_tile));
   }
   return ok;
 }
@@ -287,21 +287,30 @@ bool panel_impl(const PanelRows& a, int64_t chunk, const BsrWeight& w,
   const int64_t units = (rows + 15) / 16;
   const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
   bool ok = true;
+  thread_local std::vector<float> tile_buffer;
+  if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
+  float* tile = tile_buffer.data();
+  int64_t n_tile = rb_begin;
   for (int64_t n = rb_begin; n < rb_end; ++n) {
+    if (n - n_tile == kTileN) {
+      flush_tile(tile, rows, n_tile, kTileN, w.N, out + m0 * w.N);
+      n_tile = n;
+    }
     for (int64_t u = 0; u < units; u += 8) {
       const int64_t ms = u * 16;
       switch (units - u >= 8 ? 8 : units - u) {
-        case 8: ok &= panel_tile<Index, 8>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 7: ok &= panel_tile<Index, 7>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 6: ok &= panel_tile<Index, 6>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 5: ok &= panel_tile<Index, 5>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
-        default: ok &= panel_tile<Index, 1>(a, panel, m0, rows, w, idx, out, relu, n, ms); break;
+        case 8: ok &= panel_tile<Index, 8>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 7: ok &= panel_tile<Index, 7>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 6: ok &= panel_tile<Index, 6>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 5: ok &= panel_tile<Index, 5>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
+        default: ok &= panel_tile<Index, 1>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
       }
     }
   }
+  if (rb_end > rb_begin) flush_tile(tile, rows, n_tile, rb_end - n_tile, w.N, out + m0 * w.N);
   return ok;
 }
 

@@ -9,6 +9,8 @@
 //    M < kPanelMinRows: "rows" kernel on row-major activations (gathers);
 //    else activations are quantized straight into a panel (PanelRows) and the
 //    "panel" kernel register-tiles over input rows.
+//    The dense layout (one 1 x K_pad block per row) at M >= kPanelMinRows runs
+//    the dense kernels, which register-tile over output rows as well.
 //  * rb x 1 blocks, rb % 8 == 0: the 8x1 kernel.
 //  * anything else: the portable kernel (activations still quantized by AVX2).
 // Threads: over output row blocks (and chunks of input rows for the panel
@@ -98,6 +100,16 @@ void raise_bad_col(const BsrWeight& w) {
                   w.n_col_blocks, ")");
 }
 
+// pack(layout="dense"): one 1 x K_padded block per row. The dense kernels
+// ignore row_ptr / col_idx, so the row pointers must be exactly the identity
+// (O(rows) check; the kernels check that each col_idx is 0).
+bool is_dense_layout(const BsrWeight& w) {
+  if (w.row_block != 1 || w.n_col_blocks != 1 || w.nnz != w.N) return false;
+  for (int64_t i = 0; i <= w.N; ++i)
+    if (w.row_ptr[i] != i) return false;
+  return true;
+}
+
 }  // namespace
 
 const char* const* available_isas(int* count) {
@@ -145,7 +157,8 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
     std::fill(const_cast<float*>(a.scale) + M, const_cast<float*>(a.scale) + padded, 0.0f);
     std::fill(const_cast<int32_t*>(a.zp) + M, const_cast<int32_t*>(a.zp) + padded, 0);
     run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel_avx2(x, K, b, e, a); });
-    const PanelKernel kernel = vnni ? bsr_1x4_panel_avx512vnni : bsr_1x4_panel_avx2;
+    PanelKernel kernel = vnni ? bsr_1x4_panel_avx512vnni : bsr_1x4_panel_avx2;
+    if (is_dense_layout(w)) kernel = vnni ? dense_panel_avx512vnni : dense_panel_avx2;
     const int64_t n_rb = w.n_row_blocks;
     run_range(n_chunks * n_rb, macs_per_rb * mc, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e;) {

@@ -6,6 +6,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels.h"
 
 namespace sqfx {
@@ -38,10 +40,10 @@ __attribute__((target("avx2,fma"))) inline void epilogue_n8(
 }
 
 // 8 consecutive input rows m0..m0+7 of one output n (m-direction epilogue);
-// zp / a_scale point at row m0. Writes out[(m0 + l) * N + n] for l < count.
+// zp / a_scale point at row m0. Writes dst[l * ld] for l < count.
 __attribute__((target("avx2,fma"))) inline void epilogue_m8(
     __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w,
-    int64_t n, int64_t count, bool relu, float* out_m0) {
+    int64_t n, int64_t count, bool relu, float* dst, int64_t ld) {
   __m256i corr = _mm256_sub_epi32(
       acc, _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp)),
                               _mm256_set1_epi32(w.w_sum[n])));
@@ -54,7 +56,18 @@ __attribute__((target("avx2,fma"))) inline void epilogue_m8(
   }
   alignas(32) float t[8];
   _mm256_store_ps(t, v);
-  for (int64_t l = 0; l < count; ++l) out_m0[l * w.N + n] = t[l];
+  for (int64_t l = 0; l < count; ++l) dst[l * ld] = t[l];
+}
+
+// Panel kernels produce one output column (n) of many input rows at a time;
+// written straight to out that is one cache line per value. They fill a tile
+// of kTileN columns x mc rows instead and copy whole row pieces out.
+constexpr int64_t kTileN = 16;
+
+inline void flush_tile(const float* tile, int64_t rows, int64_t n0, int64_t count,
+                       int64_t N, float* out_m0) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(out_m0 + r * N + n0, tile + r * kTileN, count * sizeof(float));
 }
 
 __attribute__((target("avx2,fma"))) inline int32_t hsum8(__m256i v) {

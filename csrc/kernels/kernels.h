@@ -99,6 +99,12 @@ bool bsr_1x4_rows_avx512vnni(const QuantizedRows& a, const BsrWeight& w,
 bool bsr_1x4_panel_avx512vnni(const PanelRows& a, int64_t chunk,
                               const BsrWeight& w, float* out, bool relu,
                               int64_t rb_begin, int64_t rb_end);
+// Dense layout (every row one 1 x K_padded block at column 0, row_ptr the
+// identity, checked by the dispatcher), large M: register tile over output rows too.
+bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
+                      float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
+                            float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 // Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
 bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                   bool relu, int64_t rb_begin, int64_t rb_end);
