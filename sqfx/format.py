@@ -33,7 +33,7 @@ MAX_INT32_IN_FEATURES = 2147483647 // (255 * 127)
 # sparse kernel for that block shape (calibrated with tools/kernel_timing.py --crossover,
 # numbers in docs/design.md "Kernels and layout"). Blocks without a fast kernel run the
 # portable kernel, so they need very high sparsity to beat the dense int8 kernel.
-DENSE_BELOW_SPARSITY = {"1x4": 0.5, "8x1": 0.5, "other": 0.9}
+DENSE_BELOW_SPARSITY = {"1x4": 0.7, "8x1": 0.85, "other": 0.97}
 LAYOUTS = ("auto", "sparse", "dense")
 
 
