@@ -112,6 +112,8 @@ class PackedLinear:
             return "bsr_generic"
         if self.layout == "dense":
             return f"dense_{isa}"
+        if family == "8x1":
+            return "bsr_8x1_avx2"  # the dispatcher's choice on VNNI CPUs too
         return f"bsr_{family}_{isa}"
 
     def nbytes(self) -> int:

@@ -11,7 +11,7 @@
 //    "panel" kernel register-tiles over input rows.
 //    The dense layout (one 1 x K_pad block per row) at M >= kPanelMinRows runs
 //    the dense kernels, which register-tile over output rows as well.
-//  * rb x 1 blocks, rb % 8 == 0: the 8x1 kernel.
+//  * rb x 1 blocks, rb % 8 == 0: the AVX2 8x1 kernel (on VNNI CPUs too).
 //  * anything else: the portable kernel (activations still quantized by AVX2).
 // Threads: over output row blocks (and chunks of input rows for the panel
 // kernels) with torch::stable::parallel_for, only when the call holds at least
@@ -184,7 +184,7 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
   if (isa != Isa::kGeneric && rb == 1 && cb % 4 == 0) {
     kernel = vnni ? bsr_1x4_rows_avx512vnni : bsr_1x4_rows_avx2;
   } else if (isa != Isa::kGeneric && cb == 1 && rb % 8 == 0) {
-    kernel = vnni ? bsr_8x1_avx512vnni : bsr_8x1_avx2;
+    kernel = bsr_8x1_avx2;  // also on VNNI CPUs: faster than a vpdpbusd variant
   }
   run_range(w.n_row_blocks, macs_per_rb * M, [&](int64_t b, int64_t e) {
     if (!kernel(a, w, out, relu, b, e)) ok.store(false);

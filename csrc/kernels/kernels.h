@@ -108,8 +108,8 @@ bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& 
 // Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
 bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                   bool relu, int64_t rb_begin, int64_t rb_end);
-bool bsr_8x1_avx512vnni(const QuantizedRows& a, const BsrWeight& w, float* out,
-                        bool relu, int64_t rb_begin, int64_t rb_end);
+// (An AVX-512 VNNI 8x1 variant -- 4-block byte transpose + vpdpbusd -- measured
+// 1.3-1.5x slower than this one: CPUs with VNNI run bsr_8x1_avx2.)
 
 // Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the best kernel the
 // CPU (or the forced ISA) allows, multithreaded. Raises on a bad col index.
