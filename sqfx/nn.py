@@ -6,6 +6,18 @@ from torch import nn
 
 from .format import FORMAT_VERSION, PackedFormatError, PackedLinear, pack, validate_packed
 
+# How a layer treats its activations: "dynamic_int8" quantizes them per row to uint8 (the
+# integer kernel, sqfx::qlinear_dynamic); "weight_only" keeps them fp32 and dequantizes the int8
+# weights on the fly (sqfx::qlinear_weight_only), for layers whose inputs have outliers.
+ACT_MODES = ("dynamic_int8", "weight_only")
+
+
+def _check_act_mode(act_mode) -> str:
+    if act_mode not in ACT_MODES:
+        raise ValueError(f"SparseQuantLinear: act_mode must be one of {list(ACT_MODES)}, got {act_mode!r}")
+    return act_mode
+
+
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
 # as in torch.ao's quantized linears.
@@ -21,10 +33,11 @@ class SparseQuantLinear(nn.Module):
     format version and the layer's shape; loading validates every invariant.
     """
 
-    def __init__(self, packed: PackedLinear, relu: bool = False):
+    def __init__(self, packed: PackedLinear, relu: bool = False, act_mode: str = "dynamic_int8"):
         super().__init__()
         packed.validate()
         self.relu = relu
+        self.act_mode = _check_act_mode(act_mode)
         self._set_packed(packed)
 
     def _set_packed(self, packed: PackedLinear) -> None:
@@ -41,7 +54,7 @@ class SparseQuantLinear(nn.Module):
 
     @classmethod
     def from_float(cls, mod: nn.Module, mask=None, block=(1, 4), per_channel: bool = True,
-                   relu: bool = False, scales=None) -> "SparseQuantLinear":
+                   relu: bool = False, scales=None, act_mode: str = "dynamic_int8") -> "SparseQuantLinear":
         """Packs an `nn.Linear` (or `torch.ao.nn.intrinsic.LinearReLU`, fusing its ReLU)."""
         fused = type(mod).__name__ == "LinearReLU" and isinstance(mod[0], nn.Linear)
         linear = mod[0] if fused else mod
@@ -49,7 +62,7 @@ class SparseQuantLinear(nn.Module):
             raise TypeError(f"SparseQuantLinear.from_float expects nn.Linear, got {type(mod).__name__}")
         packed = pack(linear.weight, mask=mask, block=block, per_channel=per_channel,
                       bias=linear.bias, scales=scales)
-        return cls(packed, relu=relu or fused)
+        return cls(packed, relu=relu or fused, act_mode=act_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dtype not in _FLOAT_DTYPES:
@@ -57,6 +70,10 @@ class SparseQuantLinear(nn.Module):
         if input.device.type != "cpu":
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
         x = input if input.dtype == torch.float32 else input.float()
+        if self.act_mode == "weight_only":
+            y = torch.ops.sqfx.qlinear_weight_only(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
+                                                   self.fp32_bias, self.in_features, self.relu)
+            return y if input.dtype == torch.float32 else y.to(input.dtype)
         y = torch.ops.sqfx.qlinear_dynamic(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
                                            self.w_sum, self.fp32_bias, self.in_features, self.relu)
         return y if input.dtype == torch.float32 else y.to(input.dtype)
@@ -80,13 +97,14 @@ class SparseQuantLinear(nn.Module):
         p = self.packed
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"block={p.block[0]}x{p.block[1]}, sparsity={p.sparsity:.3f}, "
-                f"scheme=int8_{p.scheme}, relu={self.relu}")
+                f"scheme=int8_{p.scheme}, relu={self.relu}"
+                + ("" if self.act_mode == "dynamic_int8" else f", act_mode={self.act_mode}"))
 
     # ---- state_dict with a format version, validated on load ----
     def get_extra_state(self):
         return {"format_version": FORMAT_VERSION, "in_features": self.in_features,
                 "out_features": self.out_features, "per_channel": self.per_channel,
-                "relu": self.relu}
+                "relu": self.relu, "act_mode": self.act_mode}
 
     def set_extra_state(self, state):
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
@@ -127,5 +145,12 @@ class SparseQuantLinear(nn.Module):
         packed = PackedLinear(**{k: (v.clone() if v is not None else None) for k, v in tensors.items()},
                               in_features=meta["in_features"], out_features=meta["out_features"],
                               per_channel=bool(meta["per_channel"]))
+        # Format version 1 states written before act_mode existed load as dynamic_int8.
+        act_mode = meta.get("act_mode", "dynamic_int8")
+        if act_mode not in ACT_MODES:
+            error_msgs.append(f"while loading {prefix or 'SparseQuantLinear'}: unknown act_mode {act_mode!r}; "
+                              f"this sqfx knows {list(ACT_MODES)}")
+            return
         self._set_packed(packed)
         self.relu = bool(meta["relu"])
+        self.act_mode = act_mode

@@ -65,6 +65,41 @@ def qlinear_dynamic(
     )
 
 
+# ---- sqfx::qlinear_weight_only (csrc/qlinear_weight_only.cpp): fp32 activations, int8 weights ----
+@torch.library.register_fake("sqfx::qlinear_weight_only")
+def _qlinear_weight_only_fake(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu):
+    torch._check(input.dtype == torch.float32, lambda: "sqfx.qlinear_weight_only: input must be float32")
+    torch._check(input.dim() >= 1, lambda: "sqfx.qlinear_weight_only: input must have at least 1 dim")
+    torch._check(
+        input.shape[-1] == in_features,
+        lambda: f"sqfx.qlinear_weight_only: input has {input.shape[-1]} features, "
+        f"the layer expects in_features = {in_features}",
+    )
+    return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
+
+
+def _weight_only_backward(ctx, grad):
+    raise RuntimeError(
+        "sqfx.qlinear_weight_only is inference-only: it has no backward. Run the converted "
+        "model under torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
+    )
+
+
+torch.library.register_autograd("sqfx::qlinear_weight_only", _weight_only_backward)
+
+
+def qlinear_weight_only(
+    input: torch.Tensor,
+    values: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Calls `torch.ops.sqfx.qlinear_weight_only`: fp32 x dequantized int8 BSR weight, fp32 sums."""
+    return torch.ops.sqfx.qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
 # ---- kernel ISA selection (csrc/kernels/dispatch.cpp) ----
 # The op picks the best ISA path the CPU has at run time; tests force each one
 # to check that every path gives the same bits as sqfx.reference.

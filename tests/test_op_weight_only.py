@@ -1,0 +1,180 @@
+"""sqfx::qlinear_weight_only (fp32 activations x int8 block-sparse weights) vs its reference twin,
+on both kernels (portable, AVX2/FMA), plus validation, opcheck, the module mode and export."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sqfx
+from helpers import random_packed
+
+
+def call_wo(packed, x, relu=False):
+    return torch.ops.sqfx.qlinear_weight_only(x, packed.values, packed.row_ptr, packed.col_idx, packed.w_scale,
+                                              packed.bias, packed.in_features, relu)
+
+
+def reference_wo(packed, x, relu=False):
+    return sqfx.reference.qlinear_weight_only(x, packed.values, packed.row_ptr, packed.col_idx, packed.w_scale,
+                                              packed.bias, packed.in_features, relu)
+
+
+def assert_close_to_reference(packed, x, relu):
+    got, want = call_wo(packed, x, relu), reference_wo(packed, x, relu)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # Only the summation order differs: bound the error by the sum of |terms|.
+    w = packed.unpack()
+    mag = x.reshape(-1, packed.in_features).abs() @ w.abs().T
+    if packed.bias is not None:
+        mag = mag + packed.bias.abs()
+    tol = 1e-5 * mag.reshape(want.shape) + 1e-6
+    assert bool(((got - want).abs() <= tol).all()), float(((got - want).abs() - tol).max())
+
+
+@pytest.fixture(params=["auto", "generic"])
+def kernel(request, monkeypatch):
+    if request.param == "generic":
+        monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
+    else:
+        monkeypatch.delenv("SQFX_WEIGHT_ONLY_KERNEL", raising=False)
+    return request.param
+
+
+# The kernel fixture only sets an environment variable, the same for every generated input.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 40), k=st.integers(1, 70), m=st.integers(0, 9),
+    block=st.sampled_from([(1, 1), (1, 4), (1, 8), (1, 16), (2, 4), (4, 4), (8, 1), (3, 5), (1, 12)]),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), bias=st.booleans(), relu=st.booleans(),
+    per_channel=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_channel, seed):
+    packed = random_packed(n, k, block, sparsity, per_channel=per_channel, bias=bias, seed=seed)[0]
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+    assert_close_to_reference(packed, x, relu)
+
+
+def test_kernels_agree_and_fit_fp32_linear(monkeypatch):
+    packed, weight, mask = random_packed(96, 200, (1, 4), 0.7, seed=1)
+    x = torch.randn(2, 5, 200)
+    auto = call_wo(packed, x)
+    monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
+    generic = call_wo(packed, x)
+    torch.testing.assert_close(auto, generic, rtol=1e-5, atol=1e-5)
+    # Close to the fp32 linear on the same dequantized weight (int8 weight error only).
+    want = torch.nn.functional.linear(x, packed.unpack(), packed.bias)
+    torch.testing.assert_close(auto, want, rtol=1e-5, atol=1e-4)
+    assert auto.shape == (2, 5, 96)
+
+
+def test_int16_and_int32_col_idx(kernel):
+    packed = random_packed(16, 64, (1, 4), 0.5, seed=2)[0]
+    x = torch.randn(3, 64)
+    a = call_wo(packed, x)
+    packed.col_idx = packed.col_idx.to(torch.int32 if packed.col_idx.dtype == torch.int16 else torch.int16)
+    torch.testing.assert_close(call_wo(packed, x), a, rtol=0, atol=0)
+
+
+def test_nan_and_inf_propagate(kernel):
+    packed = random_packed(8, 16, (1, 4), 0.0, seed=3)[0]
+    x = torch.randn(3, 16)
+    x[1, 2] = float("nan")
+    y = call_wo(packed, x, relu=True)
+    assert bool(y[1].isnan().all()) and bool(y[[0, 2]].isfinite().all())
+
+
+def test_noncontiguous_input():
+    packed = random_packed(12, 20, (2, 4), 0.3, seed=4)[0]
+    x = torch.randn(20, 6).T  # 6 x 20, not contiguous
+    torch.testing.assert_close(call_wo(packed, x), call_wo(packed, x.contiguous()), rtol=0, atol=0)
+
+
+@pytest.fixture
+def packed():
+    return random_packed(8, 12, (1, 4), 0.5)[0]
+
+
+def _args(p, x):
+    return [x, p.values, p.row_ptr, p.col_idx, p.w_scale, p.bias, p.in_features, False]
+
+
+@pytest.mark.parametrize("index,bad,match", [
+    (0, lambda t: t.double(), "input must be float32"),
+    (0, lambda t: t[:, :-1], "in_features = 12"),
+    (0, lambda t: torch.tensor(1.0), "at least 1 dim"),
+    (1, lambda t: t.float(), "values must have dtype"),
+    (1, lambda t: t.reshape(-1), "values must be 3-D"),
+    (2, lambda t: t[:-1].contiguous(), "row_ptr has"),
+    (2, lambda t: t.flip(0).contiguous(), "row_ptr"),
+    (2, lambda t: t.long(), "row_ptr must have dtype"),
+    (3, lambda t: t[:-1].contiguous(), "col_idx has"),
+    (3, lambda t: t.float(), "col_idx must be int16 or int32"),
+    (3, lambda t: torch.full_like(t, 3), "block column index outside"),
+    (3, lambda t: torch.full_like(t, -1), "block column index outside"),
+    (4, lambda t: t.double(), "w_scale must have dtype"),
+    (4, lambda t: t[:-1].contiguous(), "row_ptr has"),
+    (5, lambda t: t[:-1].contiguous(), "bias has"),
+    (5, lambda t: t.double(), "bias must have dtype"),
+])
+def test_bad_arguments_raise(kernel, packed, index, bad, match):
+    args = _args(packed, torch.randn(2, 12))
+    args[index] = bad(args[index])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.sqfx.qlinear_weight_only(*args)
+
+
+def test_opcheck():
+    for block, m in [((1, 4), 3), ((2, 4), 1), ((3, 5), 4)]:
+        p = random_packed(10, 22, block, 0.5, seed=5)[0]
+        for relu in (False, True):
+            torch.library.opcheck(torch.ops.sqfx.qlinear_weight_only.default,
+                                  (torch.randn(m, 22), p.values, p.row_ptr, p.col_idx, p.w_scale, p.bias, 22, relu))
+
+
+def test_backward_is_refused():
+    p = random_packed(4, 8, (1, 4), 0.0)[0]
+    x = torch.randn(2, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        call_wo(p, x).sum().backward()
+
+
+# ---- SparseQuantLinear(act_mode="weight_only") ----
+def test_module_mode_state_dict_and_export(tmp_path):
+    lin = torch.nn.Linear(24, 16)
+    layer = sqfx.SparseQuantLinear.from_float(lin, act_mode="weight_only")
+    x = torch.randn(3, 24)
+    torch.testing.assert_close(layer(x), call_wo(layer.packed, x), rtol=0, atol=0)
+    assert "act_mode=weight_only" in repr(layer)
+    other = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(24, 16))
+    other.load_state_dict(layer.state_dict())
+    assert other.act_mode == "weight_only"
+    torch.testing.assert_close(other(x), layer(x), rtol=0, atol=0)
+    ep = torch.export.export(layer, (x,))
+    assert any("qlinear_weight_only" in str(n.target) for n in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(x), layer(x), rtol=0, atol=0)
+
+
+def test_state_without_act_mode_loads_as_dynamic_int8():
+    layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4), act_mode="weight_only")
+    sd = layer.state_dict()
+    sd["_extra_state"] = {k: v for k, v in sd["_extra_state"].items() if k != "act_mode"}
+    layer.load_state_dict(sd)
+    assert layer.act_mode == "dynamic_int8"
+
+
+def test_unknown_act_mode_is_rejected():
+    with pytest.raises(ValueError, match="act_mode must be one of"):
+        sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4), act_mode="int4")
+    layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4))
+    sd = layer.state_dict()
+    sd["_extra_state"] = {**sd["_extra_state"], "act_mode": "int4"}
+    with pytest.raises(RuntimeError, match="unknown act_mode 'int4'"):
+        layer.load_state_dict(sd)
+
+
+def test_compiles_fullgraph_dynamic():
+    layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(24, 16), act_mode="weight_only", relu=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=True)
+    for m in (3, 5):
+        x = torch.randn(m, 24)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
