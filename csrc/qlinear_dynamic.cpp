@@ -14,6 +14,7 @@
 #include <atomic>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -103,34 +104,34 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   STD_TORCH_CHECK(input.size(input.dim() - 1) == w.K,
                   "sqfx.qlinear_dynamic: input has ", input.size(input.dim() - 1),
                   " features in its last dim, the layer expects in_features = ", w.K);
-  Tensor x = torch::stable::contiguous(input);
+  // Fixed cost matters on small layers: no copy for a contiguous input, the
+  // output is created in its final shape (no reshape call).
+  Tensor x = input.is_contiguous() ? input : torch::stable::contiguous(input);
   const int64_t M = w.K > 0 ? x.numel() / w.K : 0;
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
-  Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
-  if (M > 0 && w.N > 0) {
-    const int64_t ld = w.n_col_blocks * w.col_block;
-    std::vector<uint8_t> q(static_cast<size_t>(M * ld));
-    std::vector<float> a_scale(M);
-    std::vector<int32_t> a_zp(M);
-    QuantizedRows a{q.data(), a_scale.data(), a_zp.data(), M, ld};
-    const float* xp = x.const_data_ptr<float>();
-    torch::stable::parallel_for(0, M, std::max<int64_t>(1, 16384 / w.K),
-                                [&](int64_t b, int64_t e) { quantize_rows(xp, w.K, b, e, a); });
-    float* yp = out.mutable_data_ptr<float>();
-    std::atomic<bool> ok{true};
-    const int64_t work_per_rb = std::max<int64_t>(1, M * (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) *
-                                                    w.row_block * w.col_block);
-    torch::stable::parallel_for(
-        0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
-          if (!bsr_generic(a, w, yp, relu, b, e)) ok.store(false);
-        });
-    STD_TORCH_CHECK(ok.load(), "sqfx.qlinear_dynamic: col_idx holds a block column index outside [0, ",
-                    w.n_col_blocks, ")");
-  }
-  return torch::stable::reshape(out, out_shape);
+  Tensor out = torch::stable::empty(out_shape, ScalarType::Float);
+  // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
+  run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
+  return out;
 }
+
+// Test hooks: which ISA paths this CPU can run, and forcing one of them.
+std::vector<std::string> kernel_isas() {
+  int count = 0;
+  const char* const* names = available_isas(&count);
+  return std::vector<std::string>(names, names + count);
+}
+
+std::string active_kernel_isa() { return active_isa_name(); }
+
+std::string set_kernel_isa(std::string isa) {
+  STD_TORCH_CHECK(force_isa(isa.c_str()), "sqfx: kernel ISA '", isa,
+                  "' is not available on this CPU (use 'auto' or one of sqfx.ops.available_isas())");
+  return active_isa_name();
+}
+
 
 }  // namespace sqfx
 
@@ -138,8 +139,17 @@ STABLE_TORCH_LIBRARY(sqfx, m) {
   m.def(
       "qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx, "
       "Tensor w_scale, Tensor w_sum, Tensor? bias, int in_features, bool relu) -> Tensor");
+  m.def("_kernel_isas() -> str[]");
+  m.def("_set_kernel_isa(str isa) -> str");
+  m.def("_active_kernel_isa() -> str");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
   m.impl("qlinear_dynamic", TORCH_BOX(&sqfx::qlinear_dynamic));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(sqfx, CompositeExplicitAutograd, m) {
+  m.impl("_kernel_isas", TORCH_BOX(&sqfx::kernel_isas));
+  m.impl("_set_kernel_isa", TORCH_BOX(&sqfx::set_kernel_isa));
+  m.impl("_active_kernel_isa", TORCH_BOX(&sqfx::active_kernel_isa));
 }

@@ -25,6 +25,26 @@ import torch
 FORMAT_VERSION = 1
 _INT16_MAX = torch.iinfo(torch.int16).max
 
+# Fast kernels accumulate in int32: exact up to this many padded input features
+# (csrc/kernels/kernels.h kMaxInt32InFeatures); above it the op runs the generic kernel.
+MAX_INT32_IN_FEATURES = 2147483647 // (255 * 127)
+
+# layout="auto" in pack(): below these block sparsities the dense layout is faster than the
+# sparse kernel for that block shape (calibrated with tools/kernel_timing.py --crossover,
+# numbers in docs/design.md "Kernels and layout"). Blocks without a fast kernel run the
+# portable kernel, so they need very high sparsity to beat the dense int8 kernel.
+DENSE_BELOW_SPARSITY = {"1x4": 0.7, "8x1": 0.85, "other": 0.97}
+LAYOUTS = ("auto", "sparse", "dense")
+
+
+def _block_family(rb: int, cb: int) -> str:
+    """Which kernel family serves a block shape (same rules as csrc/kernels/dispatch.cpp)."""
+    if rb == 1 and cb % 4 == 0:
+        return "1x4"
+    if cb == 1 and rb % 8 == 0:
+        return "8x1"
+    return "other"
+
 
 class PackedFormatError(ValueError):
     """A packed tensor violates an invariant of the format."""
@@ -69,6 +89,32 @@ class PackedLinear:
     @property
     def scheme(self) -> str:
         return "per_channel" if self.per_channel else "per_tensor"
+
+    @property
+    def layout(self) -> str:
+        """"dense" when every row is one stored 1 x K_padded block (pack(layout="dense")), else "sparse"."""
+        rb, cb = self.block
+        dense = rb == 1 and self.n_col_blocks == 1 and cb % 4 == 0 and self.nnz_blocks == self.out_features
+        return "dense" if dense else "sparse"
+
+    @property
+    def kernel(self) -> str:
+        """The kernel the op will run for this weight on this CPU, e.g. "bsr_1x4_avx512vnni",
+        "dense_avx2", "bsr_8x1_avx2", "bsr_generic" (for the conversion report)."""
+        from .ops import active_isa
+
+        rb, cb = self.block
+        isa = active_isa()
+        if isa == "generic" or self.n_col_blocks * cb > MAX_INT32_IN_FEATURES:
+            return "bsr_generic"
+        family = _block_family(rb, cb)
+        if family == "other":
+            return "bsr_generic"
+        if self.layout == "dense":
+            return f"dense_{isa}"
+        if family == "8x1":
+            return "bsr_8x1_avx2"  # the dispatcher's choice on VNNI CPUs too
+        return f"bsr_{family}_{isa}"
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
@@ -243,13 +289,20 @@ def pack(
     per_channel: bool = True,
     bias: torch.Tensor | None = None,
     scales: torch.Tensor | None = None,
+    layout: str = "sparse",
 ) -> PackedLinear:
     """Quantizes and packs a dense fp32 weight [out_features, in_features].
 
     mask: element mask of the weight's shape (must be block-structured) or block mask
     [ceil(N/rb), ceil(K/cb)]; None keeps every block that holds a non-zero weight.
     scales: per-output-channel float32 scales from an observer (default: min-max symmetric).
+    layout: "sparse" stores the kept blocks; "dense" stores every weight (dropped blocks as
+    zeros) as one 1 x K_padded block per row, run by the dense int8 kernel; "auto" picks dense
+    when the block sparsity is below DENSE_BELOW_SPARSITY for the block's kernel family.
+    The numerics are the same either way (same int8 weights, scales and w_sum).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"sqfx.pack: layout must be one of {LAYOUTS}, got {layout!r}")
     block = _as_block(block)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"sqfx.pack: weight must be a 2-D tensor, got {getattr(weight, 'shape', type(weight))}")
@@ -278,6 +331,16 @@ def pack(
             raise ValueError(f"sqfx.pack: scales must be {n} finite positive values")
         scales = scales.contiguous()
     q = torch.round(masked / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    w_sum = q.sum(dim=1, dtype=torch.int64).to(torch.int32)
+    if bias is not None:
+        bias = bias.detach().cpu().float().reshape(-1).contiguous()
+        if bias.numel() != n:
+            raise ValueError(f"sqfx.pack: bias has {bias.numel()} entries, expected {n}")
+    if layout == "auto":
+        sparsity = 1.0 - float(block_mask.float().mean())
+        layout = "dense" if sparsity < DENSE_BELOW_SPARSITY[_block_family(*block)] else "sparse"
+    if layout == "dense":
+        return _pack_dense(q, scales, w_sum, bias, per_channel)
     blocks = block_view(q, block)
     nz = block_mask.nonzero()
     values = blocks[nz[:, 0], nz[:, 1]].contiguous()
@@ -286,9 +349,16 @@ def pack(
     col_idx = nz[:, 1].to(col_dtype).contiguous()
     row_ptr = torch.zeros(block_mask.shape[0] + 1, dtype=torch.int32)
     row_ptr[1:] = block_mask.sum(dim=1).cumsum(0)
-    w_sum = q.sum(dim=1, dtype=torch.int64).to(torch.int32)
-    if bias is not None:
-        bias = bias.detach().cpu().float().reshape(-1).contiguous()
-        if bias.numel() != n:
-            raise ValueError(f"sqfx.pack: bias has {bias.numel()} entries, expected {n}")
+    return PackedLinear(values, row_ptr, col_idx, scales, w_sum, bias, k, n, per_channel)
+
+
+def _pack_dense(q, scales, w_sum, bias, per_channel) -> PackedLinear:
+    """Dense layout: each row one 1 x K_padded block (K padded to a multiple of 4), block
+    column 0. Still a valid BSR weight, so the op schema, the reference and validate_packed
+    are unchanged; the op's 1 x 4c kernels then stream it as a dense int8 GEMV/GEMM."""
+    n, k = q.shape
+    k_pad = -(-k // 4) * 4
+    values = torch.nn.functional.pad(q, (0, k_pad - k)).reshape(n, 1, k_pad).contiguous()
+    row_ptr = torch.arange(n + 1, dtype=torch.int32)
+    col_idx = torch.zeros(n, dtype=torch.int16)
     return PackedLinear(values, row_ptr, col_idx, scales, w_sum, bias, k, n, per_channel)

@@ -100,3 +100,48 @@ def qlinear_weight_only(
 ) -> torch.Tensor:
     """Calls `torch.ops.sqfx.qlinear_weight_only`: fp32 x dequantized int8 BSR weight, fp32 sums."""
     return torch.ops.sqfx.qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
+# ---- kernel ISA selection (csrc/kernels/dispatch.cpp) ----
+# The op picks the best ISA path the CPU has at run time; tests force each one
+# to check that every path gives the same bits as sqfx.reference.
+
+def available_isas() -> list[str]:
+    """ISA paths this CPU can run, worst to best: "generic", then "avx2", "avx512vnni" if present."""
+    return list(torch.ops.sqfx._kernel_isas())
+
+
+def active_isa() -> str:
+    """The ISA path the op uses now (the best available unless forced)."""
+    return torch.ops.sqfx._active_kernel_isa()
+
+
+class force_isa:
+    """Context manager forcing one kernel ISA path for the whole process (tests, benchmarks).
+
+    >>> with sqfx.ops.force_isa("generic"):
+    ...     y = packed(x)
+
+    Raises RuntimeError if the CPU lacks that ISA. Not thread-safe: the setting is global.
+    """
+
+    def __init__(self, isa: str):
+        self.isa = isa
+        self._previous = None
+
+    def __enter__(self):
+        forced_before = _forced_isa
+        self._previous = forced_before
+        _set_isa(self.isa)
+        return self.isa
+
+    def __exit__(self, *exc):
+        _set_isa(self._previous or "auto")
+        return False
+
+
+_forced_isa: str | None = None
+
+
+def _set_isa(isa: str) -> None:
+    global _forced_isa
+    torch.ops.sqfx._set_kernel_isa(isa)
+    _forced_isa = None if isa == "auto" else isa

@@ -55,4 +55,70 @@ inline float epilogue(int64_t acc, int32_t zp, int32_t w_sum, float a_scale,
   return y;
 }
 
+// ---------------------------------------------------------------------------
+// Fast x86 kernels (one file each, csrc/kernels/bsr_<block>_<isa>.cpp) and the
+// dispatcher (dispatch.cpp) that picks among them. Every fast kernel
+// accumulates in int32, exact only while the padded in_features stays at or
+// below kMaxInt32InFeatures; the dispatcher checks that.
+
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+
+// Activations quantized once per call into a "panel": for every group of 4
+// input columns g, the 4 bytes of each row lie next to each other, rows of one
+// chunk of `mc` rows consecutive: byte (m, 4g + t) sits at
+//   data + chunk * groups * mc * 4 + g * mc * 4 + (m % mc) * 4 + t.
+// A 1x4 weight block then multiplies mc rows with one broadcast 32-bit weight
+// and unit-stride activation loads (register tiling over input rows).
+struct PanelRows {
+  const uint8_t* data;
+  const float* scale;   // [n_chunks * mc], padded rows: scale 0
+  const int32_t* zp;    // [n_chunks * mc], padded rows: 0
+  int64_t M;            // real rows
+  int64_t mc;           // rows per chunk, a multiple of 16
+  int64_t groups;       // padded in_features / 4
+};
+
+// Vectorized twin of quantize_rows (AVX2 + FMA-free float ops, bit-identical).
+void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
+                        int64_t m_end, const QuantizedRows& out);
+// Quantizes rows [m_begin, m_end) straight into the panel layout.
+void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
+                         int64_t m_end, const PanelRows& out);
+
+// Row blocks of 1 x cb with cb % 4 == 0 (1x4 sparse; 1xK dense layout).
+// "rows" kernels: activations row-major (small M, one weight pass, gathers);
+// "panel" kernels: activations in a PanelRows, one chunk of rows per call.
+// All return false on a block column index out of range (never read there).
+bool bsr_1x4_rows_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
+                       bool relu, int64_t rb_begin, int64_t rb_end);
+bool bsr_1x4_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
+                        float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+bool bsr_1x4_rows_avx512vnni(const QuantizedRows& a, const BsrWeight& w,
+                             float* out, bool relu, int64_t rb_begin,
+                             int64_t rb_end);
+bool bsr_1x4_panel_avx512vnni(const PanelRows& a, int64_t chunk,
+                              const BsrWeight& w, float* out, bool relu,
+                              int64_t rb_begin, int64_t rb_end);
+// Dense layout (every row one 1 x K_padded block at column 0, row_ptr the
+// identity, checked by the dispatcher), large M: register tile over output rows too.
+bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
+                      float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
+                            float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+// Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
+bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
+                  bool relu, int64_t rb_begin, int64_t rb_end);
+// (An AVX-512 VNNI 8x1 variant -- 4-block byte transpose + vpdpbusd -- measured
+// 1.3-1.5x slower than this one: CPUs with VNNI run bsr_8x1_avx2.)
+
+// Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the best kernel the
+// CPU (or the forced ISA) allows, multithreaded. Raises on a bad col index.
+void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu,
+                 float* out);
+// Names of the ISA paths this CPU can run, best last ("generic" first).
+const char* const* available_isas(int* count);
+// Forces one ISA path ("auto" undoes it); returns false if not available.
+bool force_isa(const char* name);
+const char* active_isa_name();
+
 }  // namespace sqfx

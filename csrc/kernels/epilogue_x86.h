@@ -1,0 +1,128 @@
+// Vectorized epilogues shared by the x86 kernels. Same float32 operations, in
+// the same order, as sqfx::epilogue (kernels.h) and sqfx.reference:
+//   y = float(acc - zp * w_sum) * (a_scale * w_scale) + bias, then ReLU.
+// acc - zp * w_sum is computed with wrapping int32 ops; its true value fits in
+// int32 below kMaxInt32InFeatures, so the wrapped result is exact.
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+
+namespace sqfx {
+namespace x86 {
+
+// 8 consecutive outputs n0..n0+7 of one input row (n-direction epilogue).
+// Writes only the first `count` of them.
+__attribute__((target("avx2,fma"))) inline void epilogue_n8(
+    __m256i acc, int32_t zp, float a_scale, const BsrWeight& w, int64_t n0,
+    int64_t count, bool relu, float* y) {
+  if (count < 8) {
+    alignas(32) int32_t a[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(a), acc);
+    for (int64_t r = 0; r < count; ++r) {
+      y[n0 + r] = epilogue(a[r], zp, w.w_sum[n0 + r], a_scale, w.w_scale[n0 + r],
+                           w.bias, n0 + r, relu);
+    }
+    return;
+  }
+  __m256i wsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.w_sum + n0));
+  __m256i corr = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(zp), wsum));
+  __m256 s = _mm256_mul_ps(_mm256_set1_ps(a_scale), _mm256_loadu_ps(w.w_scale + n0));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
+  if (w.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(w.bias + n0));
+  if (relu) {
+    __m256 zero = _mm256_setzero_ps();
+    v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+  }
+  _mm256_storeu_ps(y + n0, v);
+}
+
+// 8 consecutive input rows m0..m0+7 of one output n (m-direction epilogue);
+// zp / a_scale point at row m0. Writes dst[l * ld] for l < count.
+__attribute__((target("avx2,fma"))) inline void epilogue_m8(
+    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w,
+    int64_t n, int64_t count, bool relu, float* dst, int64_t ld) {
+  __m256i corr = _mm256_sub_epi32(
+      acc, _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp)),
+                              _mm256_set1_epi32(w.w_sum[n])));
+  __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a_scale), _mm256_set1_ps(w.w_scale[n]));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
+  if (w.bias) v = _mm256_add_ps(v, _mm256_set1_ps(w.bias[n]));
+  if (relu) {
+    __m256 zero = _mm256_setzero_ps();
+    v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  for (int64_t l = 0; l < count; ++l) dst[l * ld] = t[l];
+}
+
+// Panel kernels produce one output column (n) of many input rows at a time;
+// written straight to out that is one cache line per value. They fill a tile
+// of kTileN columns x mc rows instead and copy whole row pieces out.
+constexpr int64_t kTileN = 16;
+
+inline void flush_tile(const float* tile, int64_t rows, int64_t n0, int64_t count,
+                       int64_t N, float* out_m0) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(out_m0 + r * N + n0, tile + r * kTileN, count * sizeof(float));
+}
+
+__attribute__((target("avx2,fma"))) inline int32_t hsum8(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Loads 8 block column indices as int32, clamps them into [0, n_cb) so a bad
+// one is never used as an address, and ORs any difference into *bad.
+template <typename Index>
+__attribute__((target("avx2,fma"))) inline __m256i load_idx8(
+    const Index* idx, __m256i max_idx, __m256i* bad) {
+  __m256i i;
+  if constexpr (sizeof(Index) == 2) {
+    i = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+  } else {
+    i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
+  }
+  __m256i c = _mm256_min_epi32(_mm256_max_epi32(i, _mm256_setzero_si256()), max_idx);
+  *bad = _mm256_or_si256(*bad, _mm256_xor_si256(i, c));
+  return c;
+}
+
+__attribute__((target("avx2,fma"))) inline bool any_bits(__m256i v) {
+  return !_mm256_testz_si256(v, v);
+}
+
+// A block column index in range? (one compare: negative -> huge unsigned)
+inline bool col_ok(int64_t col, int64_t n_cb) {
+  return static_cast<uint64_t>(col) < static_cast<uint64_t>(n_cb);
+}
+
+}  // namespace x86
+}  // namespace sqfx
+
+namespace sqfx {
+namespace x86 {
+
+// Inclusive prefix sum of the 8 int32 lanes (wrapping), plus carry (a
+// broadcast vector). Wrapping is fine: only differences of prefix sums that
+// fit in int32 (one row's accumulator) are used.
+__attribute__((target("avx2,fma"))) inline __m256i scan8(__m256i x, __m256i carry) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  // add lane 3 (end of the low half) to the high half
+  __m256i low_total = _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(3));
+  x = _mm256_add_epi32(x, _mm256_blend_epi32(_mm256_setzero_si256(), low_total, 0xF0));
+  return _mm256_add_epi32(x, carry);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256i last_lane(__m256i x) {
+  return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7));
+}
+
+}  // namespace x86
+}  // namespace sqfx

@@ -1,0 +1,146 @@
+// AVX2 twin of quantize_rows (quantize_rows.cpp): the same single float32
+// operations in the same order (min/max, range * (1/255), 1 / scale,
+// round-half-even, clamp), so every byte, scale and zero point is identical to
+// the scalar code and to sqfx.reference.quantize_rows. Also writes the panel
+// layout of the large-M kernels directly (fused quantize + pack).
+#include "kernels.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace sqfx {
+
+namespace {
+
+struct RowParams {
+  bool finite;
+  float scale, inv, z;
+};
+
+__attribute__((target("avx2,fma"))) RowParams row_params(const float* row,
+                                                          int64_t K) {
+  __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+  __m256 fin = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 v = _mm256_loadu_ps(row + k);
+    // v * 0 == 0 exactly when v is finite (NaN and +-Inf give NaN).
+    fin = _mm256_and_ps(fin, _mm256_cmp_ps(_mm256_mul_ps(v, zero), zero, _CMP_EQ_OQ));
+    mn = _mm256_min_ps(mn, v);
+    mx = _mm256_max_ps(mx, v);
+  }
+  float mnv[8], mxv[8];
+  _mm256_storeu_ps(mnv, mn);
+  _mm256_storeu_ps(mxv, mx);
+  bool finite = _mm256_movemask_ps(fin) == 0xff;
+  float lo = 0.0f, hi = 0.0f;
+  for (int i = 0; i < 8; ++i) {
+    lo = mnv[i] < lo ? mnv[i] : lo;
+    hi = mxv[i] > hi ? mxv[i] : hi;
+  }
+  for (; k < K; ++k) {
+    float v = row[k];
+    finite &= std::isfinite(v);
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  RowParams p{};
+  float range = hi - lo;
+  p.finite = finite && std::isfinite(range);
+  if (!p.finite) return p;
+  constexpr float kInv255 = 1.0f / 255.0f;
+  p.scale = range > 0.0f ? range * kInv255 : 1.0f;
+  p.inv = 1.0f / p.scale;
+  float z = std::nearbyintf(-lo * p.inv);
+  p.z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
+  return p;
+}
+
+// 8 values: clamp(round(v * inv) + z, 0, 255) as int32.
+__attribute__((target("avx2,fma"))) inline __m256i q8(const float* src, __m256 inv,
+                                                      __m256 z) {
+  __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src), inv);
+  v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_add_ps(v, z);
+  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0f));
+  return _mm256_cvtps_epi32(v);  // exact: v is an integer in [0, 255]
+}
+
+// q[k] = clamp(round(row[k] * inv) + z, 0, 255) for k < K.
+__attribute__((target("avx2,fma"))) void quantize_values(const float* row,
+                                                         int64_t K,
+                                                         const RowParams& p,
+                                                         uint8_t* q) {
+  const __m256 inv = _mm256_set1_ps(p.inv), z = _mm256_set1_ps(p.z);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m256i a = q8(row + k, inv, z), b = q8(row + k + 8, inv, z);
+    __m256i c = q8(row + k + 16, inv, z), d = q8(row + k + 24, inv, z);
+    __m256i ab = _mm256_packus_epi32(a, b), cd = _mm256_packus_epi32(c, d);
+    __m256i bytes = _mm256_packus_epi16(ab, cd);
+    // packs work per 128-bit lane: dwords come out as a0 b0 c0 d0 a1 b1 c1 d1.
+    bytes = _mm256_permutevar8x32_epi32(bytes, order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), bytes);
+  }
+  for (; k < K; ++k) {
+    float v = std::nearbyintf(row[k] * p.inv) + p.z;
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    q[k] = static_cast<uint8_t>(v);
+  }
+}
+
+}  // namespace
+
+void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
+                        int64_t m_end, const QuantizedRows& out) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* row = x + m * K;
+    uint8_t* q = const_cast<uint8_t*>(out.q) + m * out.ld;
+    RowParams p = row_params(row, K);
+    if (!p.finite) {
+      const_cast<float*>(out.scale)[m] = NAN;
+      const_cast<int32_t*>(out.zp)[m] = 0;
+      std::memset(q, 0, out.ld);
+      continue;
+    }
+    const_cast<float*>(out.scale)[m] = p.scale;
+    const_cast<int32_t*>(out.zp)[m] = static_cast<int32_t>(p.z);
+    quantize_values(row, K, p, q);
+    std::memset(q + K, static_cast<int>(p.z), out.ld - K);
+  }
+}
+
+void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
+                         int64_t m_end, const PanelRows& out) {
+  thread_local std::vector<uint8_t> row_q;
+  const int64_t ld = out.groups * 4;
+  if (static_cast<int64_t>(row_q.size()) < ld) row_q.resize(ld);
+  uint8_t* base = const_cast<uint8_t*>(out.data);
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* row = x + m * K;
+    RowParams p = row_params(row, K);
+    uint8_t* q = row_q.data();
+    if (!p.finite) {
+      const_cast<float*>(out.scale)[m] = NAN;
+      const_cast<int32_t*>(out.zp)[m] = 0;
+      std::memset(q, 0, ld);
+    } else {
+      const_cast<float*>(out.scale)[m] = p.scale;
+      const_cast<int32_t*>(out.zp)[m] = static_cast<int32_t>(p.z);
+      quantize_values(row, K, p, q);
+      std::memset(q + K, static_cast<int>(p.z), ld - K);
+    }
+    uint8_t* dst = base + (m / out.mc) * out.groups * out.mc * 4 + (m % out.mc) * 4;
+    const int64_t stride = out.mc * 4;
+    for (int64_t g = 0; g < out.groups; ++g) {
+      std::memcpy(dst + g * stride, q + 4 * g, 4);
+    }
+  }
+}
+
+}  // namespace sqfx

@@ -1,0 +1,229 @@
+"""Every kernel path of sqfx::qlinear_dynamic the CPU has gives the reference's exact bits.
+
+The op dispatches at run time (csrc/kernels/dispatch.cpp) on block shape, M and ISA; here
+each ISA the machine has is forced in turn (sqfx.ops.force_isa) and compared with
+torch.equal against sqfx.reference.qlinear_dynamic.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sqfx.ops
+from sqfx import reference
+from sqfx.format import DENSE_BELOW_SPARSITY, MAX_INT32_IN_FEATURES, PackedLinear, pack
+
+ISAS = sqfx.ops.available_isas()
+FAST_ISAS = [isa for isa in ISAS if isa != "generic"]
+BLOCKS = [(1, 4), (8, 1), (4, 4), (1, 1), (16, 1), (1, 8), (2, 3)]
+M_VALUES = [0, 1, 2, 7, 8, 33, 128]
+
+
+def make_packed(n, k, block, sparsity, per_channel, seed, col_dtype=None, layout="sparse"):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    mask = torch.rand(math.ceil(n / block[0]), math.ceil(k / block[1]), generator=g) >= sparsity
+    bias = torch.randn(n, generator=g) if seed % 3 else None
+    p = pack(w, mask, block=block, per_channel=per_channel, bias=bias, layout=layout)
+    if col_dtype is not None:
+        p.col_idx = p.col_idx.to(col_dtype)
+    return p
+
+
+def reference_out(p: PackedLinear, x, relu):
+    return reference.qlinear_dynamic(x, *p.tensors(), p.in_features, relu)
+
+
+def same(a, b):
+    """torch.equal, except that NaN equals NaN (rows holding NaN/Inf give NaN outputs)."""
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
+
+
+def check_all_isas(p, x, relu):
+    expected = reference_out(p, x, relu)
+    for isa in ISAS:
+        with sqfx.ops.force_isa(isa):
+            got = p(x, relu)
+            kernel = p.kernel
+        assert got.shape == expected.shape
+        assert same(got, expected), f"isa={isa} kernel={kernel} differs from the reference"
+
+
+def test_isa_helpers():
+    assert ISAS[0] == "generic"
+    assert sqfx.ops.active_isa() == ISAS[-1]
+    for isa in ISAS:
+        with sqfx.ops.force_isa(isa):
+            assert sqfx.ops.active_isa() == isa
+    assert sqfx.ops.active_isa() == ISAS[-1]
+    with pytest.raises(RuntimeError, match="not available"):
+        with sqfx.ops.force_isa("no-such-isa"):
+            pass
+    assert sqfx.ops.active_isa() == ISAS[-1]
+
+
+def test_this_machine_runs_the_fast_paths():
+    """Guards the test suite itself: on an x86 CPU with AVX2 the fast kernels must be tested."""
+    import platform
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        if " avx2" in flags:
+            assert "avx2" in ISAS
+        if " avx512vnni" in flags and " avx512bw" in flags and " avx512vl" in flags:
+            assert "avx512vnni" in ISAS
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 70),
+    k=st.integers(1, 150),
+    block=st.sampled_from(BLOCKS),
+    sparsity=st.sampled_from([0.0, 0.3, 0.7, 0.95, 1.0]),
+    m=st.sampled_from(M_VALUES),
+    relu=st.booleans(),
+    per_channel=st.booleans(),
+    col_dtype=st.sampled_from([torch.int16, torch.int32]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_isa_matches_reference(n, k, block, sparsity, m, relu, per_channel, col_dtype, seed):
+    p = make_packed(n, k, block, sparsity, per_channel, seed, col_dtype)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 4 - 1
+    check_all_isas(p, x, relu)
+
+
+@pytest.mark.parametrize("block", [(1, 4), (8, 1), (4, 4), (1, 1), (16, 1)])
+@pytest.mark.parametrize("m", M_VALUES)
+def test_blocks_and_rows_grid(block, m):
+    # Non-divisible N and K; every M regime (rows kernel, panel kernel with several chunks).
+    p = make_packed(45, 203, block, 0.6, True, seed=7)
+    x = torch.randn(m, 203) * 3
+    check_all_isas(p, x, relu=False)
+    check_all_isas(p, x, relu=True)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("m", [1, 3, 8, 200])
+def test_saturation_proof(layout, m):
+    """Activations quantized to 255 with zero point 0 against weights of +-127: a kernel that
+    let vpmaddubsw saturate (255*127*2 > 32767) would be off here."""
+    n, k = 24, 256
+    sign = torch.where(torch.arange(n * k).reshape(n, k) % 3 == 0, -1.0, 1.0)
+    w = sign * torch.linspace(1, 2, n)[:, None]  # every row's max |w| -> 127 after quantization
+    p = pack(w, block=(1, 4), layout=layout) if layout == "dense" else pack(w, block=(1, 4))
+    q = torch.round(w / p.w_scale[:, None])
+    assert int(q.abs().max()) == 127 and int(q.abs().min()) == 127
+    x = torch.full((m, k), 2.5)  # nonnegative rows at their max: q = 255, zp = 0
+    qx, _, zp = reference.quantize_rows(x)
+    assert bool((qx == 255).all()) and bool((zp == 0).all())
+    check_all_isas(p, x, relu=False)
+    p8 = pack(w, block=(8, 1))
+    check_all_isas(p8, x, relu=False)
+
+
+def test_extreme_rows():
+    """NaN/Inf rows, constant rows, all-negative rows, large magnitudes, -0.0."""
+    k = 96
+    rows = [
+        torch.zeros(k), torch.full((k,), -0.0), torch.full((k,), 3.0), torch.full((k,), -5.0),
+        torch.linspace(-1e30, 1e30, k), torch.linspace(-1e-30, 1e-30, k), torch.randn(k) * 1e4,
+    ]
+    nan_row = torch.randn(k)
+    nan_row[5] = float("nan")
+    inf_row = torch.randn(k)
+    inf_row[-1] = float("inf")
+    x = torch.stack(rows + [nan_row, inf_row] + [torch.randn(k) for _ in range(10)])
+    for block in [(1, 4), (8, 1), (4, 4)]:
+        p = make_packed(33, k, block, 0.5, True, seed=3)
+        check_all_isas(p, x, relu=True)
+        check_all_isas(p, x, relu=False)
+
+
+def test_dense_layout_equals_sparse_numerics():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(50, 90, generator=g)
+    mask = torch.rand(50, 23, generator=g) >= 0.4
+    sparse = pack(w, mask, block=(1, 4), bias=torch.randn(50, generator=g))
+    dense = pack(w, mask, block=(1, 4), bias=sparse.bias, layout="dense").validate()
+    assert dense.layout == "dense" and sparse.layout == "sparse"
+    assert dense.block == (1, 92) and dense.nnz_blocks == 50
+    assert torch.equal(dense.unpack(), sparse.unpack())
+    x = torch.randn(19, 90, generator=g)
+    for isa in ISAS:
+        with sqfx.ops.force_isa(isa):
+            assert torch.equal(dense(x, True), sparse(x, True))
+    check_all_isas(dense, x, relu=False)
+
+
+def test_layout_auto_and_kernel_names():
+    w = torch.randn(64, 128)
+    mask_dense = torch.ones(64, 32, dtype=torch.bool)
+    mask_sparse = torch.rand(64, 32) >= 0.97
+    mask_sparse[0, 0] = True
+    assert pack(w, mask_dense, block=(1, 4), layout="auto").layout == "dense"
+    assert pack(w, mask_sparse, block=(1, 4), layout="auto").layout == "sparse"
+    assert DENSE_BELOW_SPARSITY["1x4"] < 0.97
+    best = ISAS[-1]
+    assert pack(w, mask_sparse, block=(1, 4)).kernel == ("bsr_generic" if best == "generic" else f"bsr_1x4_{best}")
+    assert pack(w, block=(1, 4), layout="dense").kernel == ("bsr_generic" if best == "generic" else f"dense_{best}")
+    assert pack(w, block=(4, 4)).kernel == "bsr_generic"
+    with sqfx.ops.force_isa("generic"):
+        assert pack(w, block=(8, 1)).kernel == "bsr_generic"
+    with pytest.raises(ValueError, match="layout"):
+        pack(w, layout="diagonal")
+
+
+def test_threads_give_identical_output():
+    p = make_packed(512, 384, (1, 4), 0.5, True, seed=11)
+    p8 = make_packed(512, 384, (8, 1), 0.5, True, seed=12)
+    before = torch.get_num_threads()
+    try:
+        for packed in (p, p8):
+            for m in (1, 4, 64, 300):
+                x = torch.randn(m, 384)
+                for isa in ISAS:
+                    with sqfx.ops.force_isa(isa):
+                        torch.set_num_threads(1)
+                        one = packed(x, True)
+                        torch.set_num_threads(2)
+                        two = packed(x, True)
+                    assert torch.equal(one, two), (isa, m)
+                assert torch.equal(one, reference_out(packed, x, True))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("isa", FAST_ISAS)
+@pytest.mark.parametrize("block", [(1, 4), (8, 1)])
+@pytest.mark.parametrize("m", [1, 40])
+def test_fast_kernels_reject_out_of_range_column(isa, block, m):
+    p = make_packed(32, 64, block, 0.0, True, seed=2)
+    for bad in (p.n_col_blocks, -1):
+        col_idx = p.col_idx.clone()
+        col_idx[len(col_idx) // 2] = bad  # inside a full group of 8 blocks
+        col_idx_tail = p.col_idx.clone()
+        col_idx_tail[-1] = bad  # in a row's tail
+        for ci in (col_idx, col_idx_tail):
+            with sqfx.ops.force_isa(isa):
+                with pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+                    torch.ops.sqfx.qlinear_dynamic(
+                        torch.randn(m, 64), p.values, p.row_ptr, ci, p.w_scale, p.w_sum, p.bias, 64, False
+                    )
+
+
+def test_int32_limit_falls_back_to_int64_kernel():
+    """Above MAX_INT32_IN_FEATURES the dispatcher must use the exact int64 generic kernel."""
+    k = MAX_INT32_IN_FEATURES + 4
+    n = 2
+    w = torch.full((n, k), 1.0)
+    w[1] = -1.0
+    p = pack(w, block=(1, 4))
+    assert p.kernel == "bsr_generic"
+    x = torch.full((1, k), 7.0)  # q = 255 everywhere: |acc| = 255 * 127 * k > 2**31
+    acc, _ = reference.accumulators(x, *p.tensors()[:3], p.w_sum, n, k)
+    assert int(acc.abs().max()) > 2**31 - 1
+    check_all_isas(p, x, relu=False)

@@ -1,0 +1,116 @@
+"""Quick kernel timing (not the benchmark suite): median of many calls, same-run ratios.
+
+usage: python tools/kernel_timing.py [--threads 1 2] [--isa auto] [--quick]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import sqfx.ops
+from sqfx.format import pack
+
+
+def median_time(fn, reps, warmup=5):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def layer(N, K, sparsity, block=(1, 4), layout="sparse", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g)
+    nrb, ncb = -(-N // block[0]), -(-K // block[1])
+    mask = torch.rand(nrb, ncb, generator=g) >= sparsity
+    kw = {} if layout == "sparse" else {"layout": layout}
+    return w, pack(w, mask, block=block, bias=torch.randn(N, generator=g), **kw)
+
+
+def ao_dynamic(w, b):
+    m = torch.ao.nn.quantized.dynamic.Linear(w.shape[1], w.shape[0], dtype=torch.qint8)
+    qw = torch.quantize_per_channel(w, (w.abs().amax(1) / 127).clamp(min=1e-8), torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+    m.set_weight_bias(qw, b)
+    return m
+
+
+def cpu_median(fn, reps, warmup=3):
+    """Median thread CPU time: robust to other processes sharing the machine (1 thread)."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.thread_time_ns()
+        fn()
+        ts.append(time.thread_time_ns() - t0)
+    return statistics.median(ts) / 1e3
+
+
+def crossover(args):
+    torch.set_num_threads(1)
+    N, K = 3072, 768
+    print(f"{N}x{K}, 1 thread, isa={torch.ops.sqfx._set_kernel_isa(args.isa)}; time sparse / time dense")
+    with torch.inference_mode():
+        for block in [(1, 4), (8, 1), (4, 4)]:
+            _, dense = layer(N, K, 0.0, block, layout="dense")
+            for M in (1, 32, 128):
+                x = torch.randn(M, K)
+                td = cpu_median(lambda: dense(x), 60)
+                cells = []
+                for sp in (0.0, 0.3, 0.5, 0.7, 0.9):
+                    _, sparse = layer(N, K, sp, block)
+                    cells.append(f"{sp:.1f}:{cpu_median(lambda: sparse(x), 60) / td:5.2f}")
+                print(f"block {block[0]}x{block[1]} M={M:4d} dense {td:8.1f} us | " + " ".join(cells))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--isa", default="auto")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--crossover", action="store_true",
+                    help="sparse vs dense layout per block family (calibrates DENSE_BELOW_SPARSITY)")
+    args = ap.parse_args()
+    if args.crossover:
+        return crossover(args)
+    torch.ops.sqfx._set_kernel_isa(args.isa)
+    torch.backends.quantized.engine = "fbgemm"
+    reps = 50 if args.quick else 200
+    cases = [((4096, 4096), 0.9, [1, 8, 32, 128]), ((768, 768), 0.9, [1, 128]), ((3072, 768), 0.9, [1, 128])]
+    print(f"isa={torch.ops.sqfx._set_kernel_isa(args.isa)}")
+    print(f"{'shape':>11} {'sp':>4} {'M':>4} {'thr':>3} | {'sqfx us':>9} {'fp32 us':>9} {'ao-dyn us':>9} | {'vs fp32':>7} {'vs ao':>6}")
+    with torch.inference_mode():
+        for (N, K), sp, Ms in cases:
+            w, p = layer(N, K, sp)
+            b = torch.randn(N)
+            ao = ao_dynamic(w, b)
+            for M in Ms:
+                x = torch.randn(M, K)
+                for t in args.threads:
+                    torch.set_num_threads(t)
+                    r = reps if N * K * M < 4096 * 4096 * 32 else reps // 4
+                    ts = median_time(lambda: p(x), r)
+                    tf = median_time(lambda: F.linear(x, w, b), r)
+                    ta = median_time(lambda: ao(x), r)
+                    print(f"{N:>5}x{K:<5} {sp:4.2f} {M:4d} {t:3d} | {ts*1e6:9.1f} {tf*1e6:9.1f} {ta*1e6:9.1f} | {tf/ts:7.2f} {ta/ts:6.2f}")
+        # fixed cost per call: 64x64 layer, M=1
+        w, p = layer(64, 64, 0.5)
+        b = torch.randn(64)
+        ao = ao_dynamic(w, b)
+        x = torch.randn(1, 64)
+        for t in args.threads:
+            torch.set_num_threads(t)
+            ts = median_time(lambda: p(x), 5000, 200)
+            tf = median_time(lambda: F.linear(x, w, b), 5000, 200)
+            ta = median_time(lambda: ao(x), 5000, 200)
+            print(f"fixed cost 64x64 M=1 thr={t}: sqfx {ts*1e6:.2f} us, F.linear {tf*1e6:.2f} us, ao dynamic {ta*1e6:.2f} us")
+
+
+if __name__ == "__main__":
+    main()
