@@ -18,12 +18,13 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
+LAYOUTS = ("auto", "sparse", "dense")
 ACTIVATION_MODES = ("dynamic_int8", "weight_only", "auto")
 PRUNE_NORMS = ("l1", "l2")
 UNSTRUCTURED_MASK_POLICIES = ("error", "coarsen")
 # Fields a per-layer override may set (the rest are global by nature).
 OVERRIDABLE = ("block", "target_sparsity", "prune_norm", "per_channel", "observer", "fuse_relu",
-               "activation", "skip")
+               "activation", "layout", "skip")
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,7 @@ class LayerSettings:
     observer: Any
     fuse_relu: bool
     activation: str = "dynamic_int8"
+    layout: str = "auto"
 
 
 @dataclass
@@ -126,6 +128,8 @@ class SparseQuantConfig:
         short calibration on prepare_and_convert's example_inputs (weight_only where the
         dynamic-int8 output's SQNR is below act_threshold_db).
     act_threshold_db: the SQNR threshold of activation="auto".
+    layout: "auto" (default: the dense int8 layout where the layer's block sparsity is too low for
+        the sparse kernel to win, see sqfx.format.DENSE_BELOW_SPARSITY), "sparse" or "dense".
     filter_fn: `filter_fn(module, fqn) -> bool`, a layer is converted only if it returns True.
         `module` is the nn.Linear when it is known (it may be None for Dynamo graphs).
     include / exclude: names (fnmatch globs), compiled regexes or module types. A layer must
@@ -149,6 +153,7 @@ class SparseQuantConfig:
     per_channel: bool = True
     activation: str = "dynamic_int8"
     act_threshold_db: float = 30.0
+    layout: str = "auto"
     filter_fn: Optional[Callable[[Any, str], bool]] = None
     include: Optional[Sequence] = None
     exclude: Optional[Sequence] = None
@@ -166,6 +171,7 @@ class SparseQuantConfig:
         _check_choice(self.prune_norm, PRUNE_NORMS, "prune_norm")
         _check_bool(self.per_channel, "per_channel")
         _check_choice(self.activation, ACTIVATION_MODES, "activation")
+        _check_choice(self.layout, LAYOUTS, "layout")
         if isinstance(self.act_threshold_db, bool) or not isinstance(self.act_threshold_db, (int, float)) \
                 or self.act_threshold_db != self.act_threshold_db:
             raise ConfigError(f"sqfx config: act_threshold_db must be a number, got {self.act_threshold_db!r}")
@@ -209,6 +215,7 @@ class SparseQuantConfig:
             "observer": lambda v: _check_observer(v, f"{where}.observer"),
             "fuse_relu": lambda v: _check_bool(v, f"{where}.fuse_relu"),
             "activation": lambda v: _check_choice(v, ACTIVATION_MODES, f"{where}.activation"),
+            "layout": lambda v: _check_choice(v, LAYOUTS, f"{where}.layout"),
             "skip": lambda v: _check_bool(v, f"{where}.skip"),
         }
         return {k: checks[k](v) for k, v in values.items()}
@@ -252,7 +259,7 @@ class SparseQuantConfig:
         values = {
             "block": self.block, "target_sparsity": self.target_sparsity, "prune_norm": self.prune_norm,
             "per_channel": self.per_channel, "observer": self.observer, "fuse_relu": self.fuse_relu,
-            "activation": self.activation,
+            "activation": self.activation, "layout": self.layout,
         }
         values.update({k: v for k, v in self._override_values(fqn).items() if k != "skip"})
         return LayerSettings(**values)

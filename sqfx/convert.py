@@ -78,10 +78,10 @@ def _swap_modules(model: nn.Module, config: SparseQuantConfig, module_masks: dic
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         p = lowered.packed
         report.layers.append(LayerReport(
-            fqn=name, in_features=in_features, out_features=out_features, block=p.block, sparsity=p.sparsity,
+            fqn=name, in_features=in_features, out_features=out_features, block=settings.block, sparsity=lowered.sparsity,
             scheme=lowered.scheme, relu_fused=fused, sqnr_db=lowered.sqnr_db, mask_source=lowered.mask_source,
             matched="LinearReLU module" if fused else "nn.Linear module", shared_with=shared_with,
-            activation=activation))
+            activation=activation, kernel=p.kernel if activation == "dynamic_int8" else "weight_only"))
     return model
 
 

@@ -19,6 +19,7 @@ class LoweredLayer:
     mask_source: str
     sqnr_db: float
     scheme: str
+    sparsity: float  # fraction of the layer's blocks the mask drops
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
@@ -36,7 +37,8 @@ def lower_layer(fqn: str, weight: torch.Tensor, bias: Optional[torch.Tensor], se
                          config.masks, module_masks, config.on_unstructured_mask)
     scales, per_channel = weight_scales(chosen.weight, settings.observer, settings.per_channel, fqn)
     packed = pack(chosen.weight, mask=chosen.block_mask, block=settings.block, per_channel=per_channel,
-                  bias=bias, scales=scales)
+                  bias=bias, scales=scales, layout=settings.layout)
     packed.validate()
+    # The mask's sparsity, not the storage's: the dense layout stores the dropped blocks as zeros.
     return LoweredLayer(packed, chosen.source, sqnr_db(chosen.weight, packed.unpack()),
-                        f"int8 {packed.scheme}")
+                        f"int8 {packed.scheme}", 1.0 - float(chosen.block_mask.float().mean()))

@@ -20,6 +20,7 @@ class LayerReport:
     matched: str             # how the linear appeared in the graph
     shared_with: Optional[str] = None  # the layer whose packed buffers this one reuses
     activation: str = "dynamic_int8"   # "dynamic_int8" | "weight_only"
+    kernel: str = ""                   # the kernel the op will run (PackedLinear.kernel)
 
 
 @dataclass
@@ -47,13 +48,13 @@ class ConversionReport:
         return [layer.fqn for layer in self.layers]
 
     def __str__(self) -> str:
-        head = ("layer", "shape (out x in)", "block", "sparsity", "scheme", "activations", "relu", "SQNR dB", "mask",
+        head = ("layer", "shape (out x in)", "block", "sparsity", "scheme", "activations", "kernel", "relu", "SQNR dB", "mask",
                 "matched")
         rows = [head]
         for l in self.layers:
             sqnr = "inf" if math.isinf(l.sqnr_db) else f"{l.sqnr_db:.1f}"
             rows.append((l.fqn, f"{l.out_features} x {l.in_features}", f"{l.block[0]}x{l.block[1]}",
-                         f"{l.sparsity:.1%}", l.scheme, l.activation, "fused" if l.relu_fused else "-", sqnr,
+                         f"{l.sparsity:.1%}", l.scheme, l.activation, l.kernel, "fused" if l.relu_fused else "-", sqnr,
                          l.mask_source + (f" (shared with {l.shared_with})" if l.shared_with else ""), l.matched))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = [f"sqfx conversion report (capture: {self.capture}): {len(self.layers)} converted, "

@@ -169,10 +169,10 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
         _emit(gm, match, attrs, in_features, match.relu, activation)
         p = lowered.packed
         report.layers.append(LayerReport(
-            fqn=match.fqn, in_features=in_features, out_features=out_features, block=p.block,
-            sparsity=p.sparsity, scheme=lowered.scheme, relu_fused=match.relu, sqnr_db=lowered.sqnr_db,
+            fqn=match.fqn, in_features=in_features, out_features=out_features, block=settings.block,
+            sparsity=lowered.sparsity, scheme=lowered.scheme, relu_fused=match.relu, sqnr_db=lowered.sqnr_db,
             mask_source=lowered.mask_source, matched=_describe(match), shared_with=shared_with,
-            activation=activation))
+            activation=activation, kernel=p.kernel if activation == "dynamic_int8" else "weight_only"))
     _drop_unused_fp32(gm, used_attr_nodes)
     gm.graph.lint()
     gm.recompile()
