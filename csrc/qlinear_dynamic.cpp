@@ -12,6 +12,7 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include <atomic>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -22,6 +23,9 @@ namespace sqfx {
 
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
+
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
+static int64_t ceil_div(int64_t a, int64_t b) { return a == 0 ? 0 : 1 + (a - 1) / b; }
 
 static void check_tensor(const Tensor& t, const char* name, ScalarType dtype,
                          int64_t dim) {
@@ -58,11 +62,19 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   w.row_block = values.size(1);
   w.col_block = values.size(2);
   STD_TORCH_CHECK(w.row_block > 0 && w.col_block > 0,
-                  "sqfx.qlinear_dynamic: block sizes must be positive, got ",
+                  "sqfx.qlinear_dynamic: values has a non-positive block size ",
                   w.row_block, "x", w.col_block);
-  STD_TORCH_CHECK(w.K > 0, "sqfx.qlinear_dynamic: in_features must be positive");
-  w.n_row_blocks = (w.N + w.row_block - 1) / w.row_block;
-  w.n_col_blocks = (w.K + w.col_block - 1) / w.col_block;
+  STD_TORCH_CHECK(w.K > 0, "sqfx.qlinear_dynamic: in_features must be positive, got ", w.K);
+  if (w.nnz == 0) {
+    // No stored block: the block shape is backed by no memory (values is empty)
+    // and only fixes the length of row_ptr. Clamp it to the layer so that no
+    // scratch buffer scales with an arbitrary, unbacked block size.
+    if (w.row_block > w.N) w.row_block = std::max<int64_t>(w.N, 1);
+    if (w.col_block > w.K) w.col_block = w.K;
+  }
+  // Overflow-free ceil division (sizes may be near INT64_MAX in a crafted call).
+  w.n_row_blocks = ceil_div(w.N, w.row_block);
+  w.n_col_blocks = ceil_div(w.K, w.col_block);
   STD_TORCH_CHECK(w_sum.size(0) == w.N, "sqfx.qlinear_dynamic: w_sum has ",
                   w_sum.size(0), " entries, expected out_features = ", w.N);
   STD_TORCH_CHECK(row_ptr.size(0) == w.n_row_blocks + 1,
@@ -81,6 +93,14 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   STD_TORCH_CHECK(rp[w.n_row_blocks] == w.nnz,
                   "sqfx.qlinear_dynamic: row_ptr[-1] = ", rp[w.n_row_blocks],
                   " must equal the number of blocks ", w.nnz);
+  // O(N), negligible next to the kernel: a NaN, infinite, zero or negative
+  // scale is never produced by pack() and would poison every output.
+  const float* ws = w_scale.const_data_ptr<float>();
+  for (int64_t n = 0; n < w.N; ++n) {
+    STD_TORCH_CHECK(std::isfinite(ws[n]) && ws[n] > 0.0f,
+                    "sqfx.qlinear_dynamic: w_scale must be finite and positive, but w_scale[",
+                    n, "] = ", ws[n]);
+  }
   if (bias.has_value()) {
     check_tensor(*bias, "bias", ScalarType::Float, 1);
     STD_TORCH_CHECK(bias->size(0) == w.N, "sqfx.qlinear_dynamic: bias has ",
@@ -105,6 +125,15 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
                   " features in its last dim, the layer expects in_features = ", w.K);
   Tensor x = torch::stable::contiguous(input);
   const int64_t M = w.K > 0 ? x.numel() / w.K : 0;
+  // The quantized activations are padded to whole blocks: M * n_col_blocks *
+  // col_block bytes. Check it fits (col_block is backed by values' memory).
+  {
+    int64_t ld = 0, scratch = 0;
+    STD_TORCH_CHECK(!__builtin_mul_overflow(w.n_col_blocks, w.col_block, &ld) &&
+                        !__builtin_mul_overflow(M, ld, &scratch),
+                    "sqfx.qlinear_dynamic: input rows x padded in_features (", M, " x ",
+                    w.n_col_blocks, " x ", w.col_block, ") overflows int64");
+  }
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
