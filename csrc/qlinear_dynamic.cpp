@@ -29,6 +29,8 @@ static int64_t ceil_div(int64_t a, int64_t b) { return a == 0 ? 0 : 1 + (a - 1) 
 
 static void check_tensor(const Tensor& t, const char* name, ScalarType dtype,
                          int64_t dim) {
+  // torch.ops passes None for a Tensor argument as an undefined tensor.
+  STD_TORCH_CHECK(t.defined(), "sqfx.qlinear_dynamic: ", name, " must be a tensor, got None");
   STD_TORCH_CHECK(t.is_cpu(), "sqfx.qlinear_dynamic: ", name,
                   " must be a CPU tensor");
   STD_TORCH_CHECK(t.scalar_type() == dtype, "sqfx.qlinear_dynamic: ", name,
@@ -47,6 +49,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   // ---- packed weight ----
   check_tensor(values, "values", ScalarType::Char, 3);
   check_tensor(row_ptr, "row_ptr", ScalarType::Int, 1);
+  STD_TORCH_CHECK(col_idx.defined(), "sqfx.qlinear_dynamic: col_idx must be a tensor, got None");
   STD_TORCH_CHECK(col_idx.scalar_type() == ScalarType::Short ||
                       col_idx.scalar_type() == ScalarType::Int,
                   "sqfx.qlinear_dynamic: col_idx must be int16 or int32, got ",
@@ -115,6 +118,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   w.w_sum = w_sum.const_data_ptr<int32_t>();
 
   // ---- input ----
+  STD_TORCH_CHECK(input.defined(), "sqfx.qlinear_dynamic: input must be a tensor, got None");
   STD_TORCH_CHECK(input.is_cpu(), "sqfx.qlinear_dynamic: input must be a CPU tensor");
   STD_TORCH_CHECK(input.scalar_type() == ScalarType::Float,
                   "sqfx.qlinear_dynamic: input must be float32, got ",
