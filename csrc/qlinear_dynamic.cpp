@@ -24,6 +24,23 @@ namespace sqfx {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
+// The torch spelling of a dtype, for error messages.
+static const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Bool: return "torch.bool";
+    default: return torch::headeronly::toString(t);
+  }
+}
+
 // ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
 static int64_t ceil_div(int64_t a, int64_t b) { return a == 0 ? 0 : 1 + (a - 1) / b; }
 
@@ -34,8 +51,8 @@ static void check_tensor(const Tensor& t, const char* name, ScalarType dtype,
   STD_TORCH_CHECK(t.is_cpu(), "sqfx.qlinear_dynamic: ", name,
                   " must be a CPU tensor");
   STD_TORCH_CHECK(t.scalar_type() == dtype, "sqfx.qlinear_dynamic: ", name,
-                  " must have dtype ", torch::headeronly::toString(dtype),
-                  ", got ", torch::headeronly::toString(t.scalar_type()));
+                  " must have dtype ", dtype_name(dtype),
+                  ", got ", dtype_name(t.scalar_type()));
   STD_TORCH_CHECK(t.dim() == dim, "sqfx.qlinear_dynamic: ", name, " must be ",
                   dim, "-D, got ", t.dim(), "-D");
   STD_TORCH_CHECK(t.is_contiguous(), "sqfx.qlinear_dynamic: ", name,
@@ -53,7 +70,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   STD_TORCH_CHECK(col_idx.scalar_type() == ScalarType::Short ||
                       col_idx.scalar_type() == ScalarType::Int,
                   "sqfx.qlinear_dynamic: col_idx must be int16 or int32, got ",
-                  torch::headeronly::toString(col_idx.scalar_type()));
+                  dtype_name(col_idx.scalar_type()));
   check_tensor(col_idx, "col_idx", col_idx.scalar_type(), 1);
   check_tensor(w_scale, "w_scale", ScalarType::Float, 1);
   check_tensor(w_sum, "w_sum", ScalarType::Int, 1);
@@ -122,7 +139,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   STD_TORCH_CHECK(input.is_cpu(), "sqfx.qlinear_dynamic: input must be a CPU tensor");
   STD_TORCH_CHECK(input.scalar_type() == ScalarType::Float,
                   "sqfx.qlinear_dynamic: input must be float32, got ",
-                  torch::headeronly::toString(input.scalar_type()));
+                  dtype_name(input.scalar_type()));
   STD_TORCH_CHECK(input.dim() >= 1, "sqfx.qlinear_dynamic: input must have at least 1 dim");
   STD_TORCH_CHECK(input.size(input.dim() - 1) == w.K,
                   "sqfx.qlinear_dynamic: input has ", input.size(input.dim() - 1),

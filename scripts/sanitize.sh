@@ -34,7 +34,10 @@ done
 libasan=$(${CXX:-g++} -print-file-name=libasan.so)
 [[ -f "$libasan" ]] || { echo "sanitize.sh: libasan.so not found ($libasan)" >&2; exit 2; }
 
-export LD_PRELOAD="$libasan${LD_PRELOAD:+:$LD_PRELOAD}"
+# libstdc++ too: python does not link it, and without it ASan's __cxa_throw interceptor
+# finds no real __cxa_throw and aborts on the first C++ exception (every rejected input).
+libstdcxx=$(${CXX:-g++} -print-file-name=libstdc++.so)
+export LD_PRELOAD="$libasan:$libstdcxx${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
