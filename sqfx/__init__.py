@@ -3,6 +3,10 @@ from . import ops  # noqa: F401  (loads the library and registers the fake kerne
 from . import reference
 from .format import FORMAT_VERSION, PackedFormatError, PackedLinear, pack
 from .nn import SparseQuantLinear
+from .config import SparseQuantConfig
+from .lowering import ConversionReport
+from .convert import prepare_and_convert
 
-__all__ = ["FORMAT_VERSION", "PackedFormatError", "PackedLinear", "SparseQuantLinear", "pack", "reference"]
+__all__ = ["FORMAT_VERSION", "PackedFormatError", "PackedLinear", "SparseQuantLinear", "pack", "reference",
+           "SparseQuantConfig", "ConversionReport", "prepare_and_convert"]
 __version__ = "0.1.0"

@@ -1,0 +1,219 @@
+"""The `linear` / `linear -> relu` pattern, described once for the three IRs sqfx meets.
+
+| IR                     | linear                                         | weight / bias come from        | relu                                     |
+|------------------------|------------------------------------------------|--------------------------------|------------------------------------------|
+| fx.symbolic_trace      | call_module nn.Linear, F.linear (= torch._C._nn.linear) | the module / get_attr  | nn.ReLU, F.relu, torch.relu(_), Tensor.relu(_), LinearReLU |
+| Dynamo graph           | torch._C._nn.linear                            | placeholders (graph inputs)    | F.relu / torch.relu / Tensor.relu        |
+| torch.export (pre-decomposition, `ep.module()`) | aten.linear.default   | get_attr                       | aten.relu.default / aten.relu_.default   |
+
+Why a node walk and not `torch.fx.subgraph_rewriter` / `SubgraphMatcher`: those match nodes by
+`op` and `target` with placeholders standing for any argument. That cannot express what sqfx
+needs: (1) a `call_module` nn.Linear hides its weight inside the module and SubgraphMatcher
+compares call_module targets by name; (2) the weight must be a *constant* (get_attr in one IR, a
+graph input that the caller knows to be a parameter in Dynamo) and the matcher has no predicate
+for that; (3) bias is a node, a literal None, or absent, positionally or by keyword, which would
+need a pattern per spelling and per IR. So the pattern is the three small tables below
+(linear targets, relu targets, relu methods) plus one walk that reads any of them; the walk
+looks at one node and its only user, no more.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+aten = torch.ops.aten
+
+# F.linear *is* torch._C._nn.linear; both names are listed so the table reads as documentation.
+LINEAR_FUNCTIONS = frozenset({F.linear, torch._C._nn.linear, aten.linear.default})
+RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, aten.relu.default, aten.relu_.default})
+RELU_METHODS = frozenset({"relu", "relu_"})
+_LINEAR_ARG_NAMES = ("input", "weight", "bias")
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A constant tensor of the graph: its fully qualified name and its value."""
+    fqn: str
+    tensor: torch.Tensor
+    node: Optional[fx.Node] = None  # the get_attr / placeholder node, None when inside a module
+
+
+@dataclass
+class LinearMatch:
+    """One linear (and the ReLU fused into it, if any) found in a graph."""
+    fqn: str                          # the layer's name, e.g. "encoder.0.fc1"
+    linear_node: fx.Node
+    weight: ParamRef
+    bias: Optional[ParamRef]
+    relu_node: Optional[fx.Node]      # a separate ReLU node to fold into the op
+    relu_in_module: bool = False      # the linear is a LinearReLU module: the ReLU is inside it
+    module: Optional[nn.Module] = None  # the nn.Linear when known (call_module, or via root lookup)
+
+    @property
+    def input_node(self) -> fx.Node:
+        # Read live from the linear node: an earlier rewrite may have replaced its producer.
+        if self.linear_node.op == "call_module":
+            return self.linear_node.args[0]
+        return _linear_args(self.linear_node)[0]
+
+    @property
+    def relu(self) -> bool:
+        return self.relu_in_module or self.relu_node is not None
+
+    @property
+    def output_node(self) -> fx.Node:
+        """The node whose value the op replaces."""
+        return self.relu_node if self.relu_node is not None else self.linear_node
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.tensor.shape)
+
+
+PlaceholderResolver = Callable[[fx.Node], Optional[tuple[str, torch.Tensor]]]
+
+
+def _fetch_attr(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        if not hasattr(obj, part):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_plain_linear(mod) -> bool:
+    # Subclasses are fine (nn.MultiheadAttention's NonDynamicallyQuantizableLinear) as long as
+    # they compute what nn.Linear computes.
+    return isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward
+
+
+def _is_linear_relu_module(mod) -> bool:
+    from torch.ao.nn.intrinsic import LinearReLU
+
+    return type(mod) is LinearReLU and _is_plain_linear(mod[0])
+
+
+def _constant(node, gm: nn.Module, resolve_placeholder: Optional[PlaceholderResolver]) -> Optional[ParamRef]:
+    """The constant tensor a weight/bias argument refers to, or None if it is computed."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "get_attr":
+        value = _fetch_attr(gm, node.target)
+        return ParamRef(node.target, value, node) if isinstance(value, torch.Tensor) else None
+    if node.op == "placeholder" and resolve_placeholder is not None:
+        found = resolve_placeholder(node)
+        if found is not None:
+            fqn, value = found
+            return ParamRef(fqn, value, node)
+    return None
+
+
+def _layer_name(weight_fqn: str) -> str:
+    return weight_fqn[: -len(".weight")] if weight_fqn.endswith(".weight") else weight_fqn
+
+
+def _linear_args(node: fx.Node):
+    """(input, weight, bias) of a functional linear, whether given by position or keyword."""
+    args = list(node.args) + [None] * (3 - len(node.args))
+    for i, name in enumerate(_LINEAR_ARG_NAMES):
+        if name in node.kwargs:
+            args[i] = node.kwargs[name]
+    return args[:3]
+
+
+def is_relu_of(node: fx.Node, source: fx.Node, gm: nn.Module) -> bool:
+    """Whether `node` computes relu(source) (in any spelling)."""
+    if not node.args or node.args[0] is not source:
+        return False
+    if node.op == "call_function":
+        return node.target in RELU_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in RELU_METHODS and len(node.args) == 1
+    if node.op == "call_module":
+        return type(_fetch_attr(gm, node.target)) is nn.ReLU and len(node.args) == 1
+    return False
+
+
+def match_linear(node: fx.Node, gm: nn.Module, resolve_placeholder: Optional[PlaceholderResolver] = None,
+                 fuse_relu: bool = True) -> Optional[LinearMatch]:
+    """A LinearMatch if `node` is a linear over a constant weight (else None)."""
+    match = None
+    if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        mod = _fetch_attr(gm, node.target)
+        fused = _is_linear_relu_module(mod)
+        linear = mod[0] if fused else mod
+        if fused or _is_plain_linear(mod):
+            prefix = f"{node.target}.0" if fused else node.target
+            bias = ParamRef(f"{prefix}.bias", linear.bias) if linear.bias is not None else None
+            match = LinearMatch(prefix, node, ParamRef(f"{prefix}.weight", linear.weight),
+                                bias, None, relu_in_module=fused, module=linear)
+    elif node.op == "call_function" and node.target in LINEAR_FUNCTIONS:
+        inp, w, b = _linear_args(node)
+        weight = _constant(w, gm, resolve_placeholder)
+        bias = _constant(b, gm, resolve_placeholder) if b is not None else None
+        if isinstance(inp, fx.Node) and weight is not None and (b is None or bias is not None):
+            match = LinearMatch(_layer_name(weight.fqn), node, weight, bias, None)
+    if match is None or match.weight.tensor.dim() != 2:
+        return None
+    if fuse_relu and not match.relu_in_module and len(node.users) == 1:
+        (user,) = node.users
+        if is_relu_of(user, node, gm):
+            match.relu_node = user
+    return match
+
+
+def find_linear_matches(gm: fx.GraphModule, resolve_placeholder: Optional[PlaceholderResolver] = None,
+                        fuse_relu: bool = True) -> list[LinearMatch]:
+    """Every linear over a constant weight in `gm`, in graph order, with its fusable ReLU.
+
+    resolve_placeholder(node) -> (fqn, tensor) | None tells which graph inputs are parameters
+    (Dynamo graphs); see dynamo_param_resolver.
+    """
+    matches = []
+    for node in gm.graph.nodes:
+        m = match_linear(node, gm, resolve_placeholder, fuse_relu)
+        if m is not None:
+            matches.append(m)
+    return matches
+
+
+_NAME_PART = re.compile(r"_(?:modules|parameters|buffers)_")
+
+
+def _fqn_from_placeholder_name(name: str) -> str:
+    # Dynamo names a lifted parameter after its source: "L_self_modules_fc1_parameters_weight_"
+    # -> "fc1.weight". Best effort only (module names may hold underscores); pass `root` to be exact.
+    parts = _NAME_PART.split(name.strip("_"))
+    return ".".join(parts[1:]) if len(parts) > 1 else name
+
+
+def dynamo_param_resolver(gm: fx.GraphModule, example_inputs, root: Optional[nn.Module] = None) -> PlaceholderResolver:
+    """Resolver for a graph handed to a torch.compile backend.
+
+    Dynamo lifts parameters and buffers to graph inputs; the backend's `example_inputs` hold the
+    real tensors. A placeholder is a constant when its example input is an nn.Parameter or, with
+    `root` (the compiled module) given, one of root's parameters/buffers; its fqn is then root's
+    name for that tensor (else derived from the placeholder's name).
+    """
+    names = {}
+    if root is not None:
+        for name, t in root.named_parameters(remove_duplicate=False):
+            names.setdefault(id(t), name)
+        for name, t in root.named_buffers(remove_duplicate=False):
+            names.setdefault(id(t), name)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    table = {}
+    for node, value in zip(placeholders, example_inputs):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if id(value) in names:
+            table[node] = (names[id(value)], value)
+        elif isinstance(value, nn.Parameter):
+            table[node] = (_fqn_from_placeholder_name(str(node.target)), value)
+    return table.get
