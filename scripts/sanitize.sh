@@ -7,14 +7,15 @@
 #   scripts/sanitize.sh tests/test_foo.py -k bar   # any pytest arguments instead
 #   SQFX_FUZZ_PROFILE=long scripts/sanitize.sh tests/test_fuzz_packed.py   # long fuzz under ASan
 #
-# PYTHON picks the interpreter (default: .venv/bin/python if present, else python3); it needs
-# torch, pytest and hypothesis. Python itself is not instrumented, so the ASan runtime is
+# PYTHON picks the interpreter (default: $SQFX_VENV/bin/python, SQFX_VENV defaulting to .venv,
+# else python3); it needs torch, pytest and hypothesis. Python itself is not instrumented, so the ASan runtime is
 # preloaded; leak checking is off (CPython and torch keep allocations alive at exit).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$root/.venv/bin/python" ]]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
+  venv="$root/${SQFX_VENV:-.venv}"  # scripts/setup.sh's venv (.ci/run sets SQFX_VENV=.venv-ci)
+  if [[ -x "$venv/bin/python" ]]; then PYTHON="$venv/bin/python"; else PYTHON=python3; fi
 fi
 dest="$root/build/sanitize/tree"
 
