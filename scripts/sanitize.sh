@@ -55,4 +55,6 @@ if [[ $# -eq 0 ]]; then
   shopt -s nullglob
   set -- tests/test_op_*.py tests/test_numeric_limits.py tests/test_concurrency.py tests/test_fuzz_packed.py
 fi
-exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
+# --capture=sys: sanitizer reports go straight to fd 2, which pytest would otherwise swallow
+# when the process halts.
+exec "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys "$@"

@@ -17,6 +17,7 @@ the cases split between the outcomes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -24,6 +25,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import sqfx
 from sqfx import PackedFormatError, SparseQuantLinear
 from sqfx.format import validate_packed
 from sqfx import reference
@@ -39,6 +41,12 @@ _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, derandomize=_PROFILE
 # Block shapes the fast kernels are likely to specialise, plus odd ones for the generic path.
 BLOCKS = [(1, 1), (1, 4), (4, 4), (8, 1), (1, 16), (16, 16), (2, 8), (4, 16), (3, 5), (1, 64)]
 REJECTED = (RuntimeError, ValueError, TypeError)
+# Every kernel path this CPU can run, when the build exposes ISA forcing (sqfx.ops.force_isa).
+ISAS = list(sqfx.ops.available_isas()) if hasattr(sqfx.ops, "available_isas") else ["auto"]
+
+
+def _kernel_path(isa):
+    return sqfx.ops.force_isa(isa) if isa != "auto" else contextlib.nullcontext()
 FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
 
 
@@ -259,7 +267,7 @@ def cases(draw):
         p.col_idx = p.col_idx.int()  # both index widths are valid
     lead = draw(st.sampled_from([(), (0,), (1,), (3,), (2, 5), (17,)]))
     c = dict(zip(FIELDS, p.tensors()), in_features=k, x=torch.randn(*lead, k),
-             relu=draw(st.booleans()))
+             relu=draw(st.booleans()), isa=draw(st.sampled_from(ISAS)))
     applied = []
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3]))):
         mutation = draw(st.sampled_from(MUTATIONS))
@@ -311,6 +319,12 @@ def _check_load(c):
 @given(cases())
 def test_fuzz_packed_params(case):
     c, applied = case
+    event(f"kernel path {c['isa']}")
+    with _kernel_path(c["isa"]):
+        _check_case(c)
+
+
+def _check_case(c):
     valid = _is_valid(c)
     try:
         out = OP(c["x"], *(c[f] for f in FIELDS), c["in_features"], c["relu"])
