@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -120,6 +121,18 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
     STD_TORCH_CHECK(std::isfinite(ws[n]) && ws[n] > 0.0f,
                     "sqfx.qlinear_dynamic: w_scale must be finite and positive, but w_scale[",
                     n, "] = ", ws[n]);
+  }
+  // O(N): |w_sum| <= 127 * in_features holds for any int8 weights in [-127, 127]
+  // with zero padding. Full consistency is O(nnz * block) and checked on load
+  // (validate_packed); this bound is what keeps the zero-point correction
+  // zp * w_sum (zp <= 255) inside the exact range the int32 kernels assume, so a
+  // tampered w_sum cannot make them wrap around differently from the reference.
+  const int64_t w_sum_bound = w.K > INT64_MAX / 127 ? INT64_MAX : 127 * w.K;
+  const int32_t* wsum = w_sum.const_data_ptr<int32_t>();
+  for (int64_t n = 0; n < w.N; ++n) {
+    STD_TORCH_CHECK(std::abs(static_cast<int64_t>(wsum[n])) <= w_sum_bound,
+                    "sqfx.qlinear_dynamic: w_sum[", n, "] = ", wsum[n],
+                    " cannot be a row sum of int8 weights in [-127, 127] over in_features = ", w.K);
   }
   if (bias.has_value()) {
     check_tensor(*bias, "bias", ScalarType::Float, 1);

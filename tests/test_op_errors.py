@@ -54,6 +54,12 @@ def _ci(p, i, v):
     return c
 
 
+def _set(t, i, v):
+    t = t.clone()
+    t[i] = v
+    return t
+
+
 def _ws(p, v):
     w = p.w_scale.clone()
     w[3] = v
@@ -91,6 +97,8 @@ OP_CASES = [
     ("w_scale", lambda p: p.w_scale[:-1].contiguous(), r"(w_sum|row_ptr) has \d+ entries"),
     ("w_sum", lambda p: p.w_sum.long(), r"w_sum must have dtype"),
     ("w_sum", lambda p: p.w_sum[:-1].contiguous(), r"w_sum has \d+ entries"),
+    ("w_sum", lambda p: _set(p.w_sum, 2, -2**31), r"w_sum\[2\] = -2147483648 cannot be a row sum"),
+    ("w_sum", lambda p: _set(p.w_sum, 0, 127 * K + 1), r"w_sum\[0\] = 2287 cannot be a row sum"),
     ("bias", lambda p: p.bias.double(), r"bias must have dtype"),
     ("bias", lambda p: p.bias[:-1].contiguous(), r"bias has \d+ entries"),
     ("bias", lambda p: p.bias.repeat_interleave(2)[::2], r"bias must be contiguous"),
@@ -118,7 +126,7 @@ def test_op_rejects_bad_input_and_in_features(packed):
     with pytest.raises(RuntimeError, match="input must be float32"):
         _call(x=torch.randint(0, 5, (2, K)), **args)
     with pytest.raises(RuntimeError, match="input must have at least 1 dim"):
-        _call(x=torch.tensor(1.0), in_features=1, **args)
+        _call(x=torch.tensor(1.0), in_features=1, **_args(random_packed(3, 1, (1, 4), seed=2)))
     for bad in (0, -3):
         with pytest.raises(RuntimeError, match="in_features must be positive"):
             _call(x=torch.randn(2, K), in_features=bad, **args)
