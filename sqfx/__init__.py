@@ -6,7 +6,10 @@ from .nn import SparseQuantLinear
 from .config import SparseQuantConfig
 from .lowering import ConversionReport
 from .convert import prepare_and_convert
+from .compile_backend import backend
+from .artifacts import aoti_compile, export, load, load_package, save
 
 __all__ = ["FORMAT_VERSION", "PackedFormatError", "PackedLinear", "SparseQuantLinear", "pack", "reference",
-           "SparseQuantConfig", "ConversionReport", "prepare_and_convert"]
+           "SparseQuantConfig", "ConversionReport", "prepare_and_convert",
+           "backend", "export", "save", "load", "aoti_compile", "load_package"]
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 packed tensors are `get_attr` buffers on the GraphModule; the fp32 weight leaves the module."""
 from __future__ import annotations
 
+import copy
 import re
 from typing import Optional
 
@@ -156,13 +157,16 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
 
 def convert_dynamo_graph(gm: fx.GraphModule, example_inputs, config: Optional[SparseQuantConfig] = None, *,
                          root: Optional[nn.Module] = None) -> tuple[fx.GraphModule, ConversionReport]:
-    """The pass for a torch.compile backend: rewrites the Dynamo graph (parameters are graph
-    inputs, packed at this moment) and returns it as a *fresh* GraphModule holding the packed
+    """The pass for a torch.compile backend: rewrites a copy of the Dynamo graph (parameters are
+    graph inputs, packed at this moment) and returns it as a *fresh* GraphModule holding the packed
     buffers (Inductor refuses get_attr buffers on Dynamo's own GraphModule: they are not in its
-    param_name_to_source), plus the report. `root`: the compiled module, for exact layer names,
-    module-based selection and module-carried masks."""
+    param_name_to_source), plus the report. Dynamo's graph module is left untouched. `root`: the
+    compiled module, for module-based selection and module-carried masks (layer names come from
+    Dynamo's sources without it)."""
     from ..patterns import dynamo_param_resolver
 
-    report = convert_graph(gm, config, root=root, capture="dynamo",
-                           resolve_placeholder=dynamo_param_resolver(gm, example_inputs, root=root))
-    return fx.GraphModule(gm, gm.graph), report
+    fresh = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # copies the attributes get_attr nodes read
+    fresh.meta.update(gm.meta)
+    report = convert_graph(fresh, config, root=root, capture="dynamo",
+                           resolve_placeholder=dynamo_param_resolver(fresh, example_inputs, root=root))
+    return fresh, report

@@ -185,10 +185,27 @@ def find_linear_matches(gm: fx.GraphModule, resolve_placeholder: Optional[Placeh
 
 _NAME_PART = re.compile(r"_(?:modules|parameters|buffers)_")
 
+# Dynamo records where a lifted parameter came from, e.g. L['self']._modules['fc1']._parameters[
+# 'weight'] or, for the same tensor on other code paths (after a graph break, or for a model
+# converted eagerly first), L['self'].__dict__['_modules']['fc1'].__dict__['_parameters']['weight'].
+# The module path is the trailing run of _modules steps ending in a _parameters / _buffers step.
+_MODULES = r"(?:\._modules|\.__dict__\['_modules'\])\['[^']+'\]"
+_STATE_SOURCE = re.compile(rf"((?:{_MODULES})*)(?:\._(?:parameters|buffers)|\.__dict__\['_(?:parameters|buffers)'\])"
+                           r"\['([^']+)'\]$")
+_MODULE_PART = re.compile(r"(?:\._modules|\.__dict__\['_modules'\])\['([^']+)'\]")
+
+
+def fqn_from_source(source_name: str) -> Optional[str]:
+    """"L['self']._modules['fc1']._parameters['weight']" -> "fc1.weight" (None if not module state)."""
+    m = _STATE_SOURCE.search(source_name)
+    if m is None:
+        return None
+    return ".".join([*_MODULE_PART.findall(m.group(1)), m.group(2)])
+
 
 def _fqn_from_placeholder_name(name: str) -> str:
-    # Dynamo names a lifted parameter after its source: "L_self_modules_fc1_parameters_weight_"
-    # -> "fc1.weight". Best effort only (module names may hold underscores); pass `root` to be exact.
+    # "L_self_modules_fc1_parameters_weight_" -> "fc1.weight". Best effort only (module names may
+    # hold underscores): used when Dynamo recorded no source and no root is given.
     parts = _NAME_PART.split(name.strip("_"))
     return ".".join(parts[1:]) if len(parts) > 1 else name
 
@@ -197,9 +214,11 @@ def dynamo_param_resolver(gm: fx.GraphModule, example_inputs, root: Optional[nn.
     """Resolver for a graph handed to a torch.compile backend.
 
     Dynamo lifts parameters and buffers to graph inputs; the backend's `example_inputs` hold the
-    real tensors. A placeholder is a constant when its example input is an nn.Parameter or, with
-    `root` (the compiled module) given, one of root's parameters/buffers; its fqn is then root's
-    name for that tensor (else derived from the placeholder's name).
+    real tensors. A placeholder is module state when `root` (the compiled module) owns its tensor,
+    when Dynamo's recorded source names a parameter / buffer, or when its example input is an
+    nn.Parameter. Its fqn is, in that order of preference: root's name for the tensor, the name in
+    the source (exact, so config include / exclude / overrides apply as in eager), or a guess from
+    the placeholder's name.
     """
     names = {}
     if root is not None:
@@ -212,8 +231,12 @@ def dynamo_param_resolver(gm: fx.GraphModule, example_inputs, root: Optional[nn.
     for node, value in zip(placeholders, example_inputs):
         if not isinstance(value, torch.Tensor):
             continue
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        from_source = fqn_from_source(source.name) if source is not None else None
         if id(value) in names:
             table[node] = (names[id(value)], value)
+        elif from_source is not None:
+            table[node] = (from_source, value)
         elif isinstance(value, nn.Parameter):
             table[node] = (_fqn_from_placeholder_name(str(node.target)), value)
     return table.get
