@@ -410,3 +410,25 @@ def test_strided_and_expanded_inputs():
               torch.randn(2, 3, 20).transpose(0, 1), torch.randn(20)):
         assert not x.is_contiguous() or x.dim() == 1
         assert_same(run_op(p, x), run_ref(p, x.contiguous()))
+
+
+# ---- exported programs ----
+
+@pytest.mark.parametrize("tensor,mutate,message", [
+    ("col_idx", lambda t: t.fill_(1000), "col_idx holds a block column outside"),
+    ("w_sum", lambda t: t.add_(1), "w_sum does not equal"),
+    ("w_scale", lambda t: t.fill_(float("nan")), "w_scale must be finite"),
+])
+def test_sqfx_load_validates_packed_constants(tmp_path, tensor, mutate, message):
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(3, 16)
+    ep = sqfx.export(model, (x,))
+    sqfx.save(ep, tmp_path / "ok.pt2")
+    loaded = sqfx.load(tmp_path / "ok.pt2")
+    assert torch.equal(loaded.module()(x), ep.module()(x))
+    keys = [k for k in ep.state_dict if k.endswith(tensor)]
+    assert len(keys) == 2
+    mutate(ep.state_dict[keys[1]])
+    sqfx.save(ep, tmp_path / "bad.pt2")
+    with pytest.raises(PackedFormatError, match=f"{message}.*in the program's call"):
+        sqfx.load(tmp_path / "bad.pt2")
