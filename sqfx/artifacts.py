@@ -90,11 +90,42 @@ def load(path, extra_files: Optional[dict] = None) -> torch.export.ExportedProgr
     one lacks) is re-raised naming the cause.
     """
     try:
-        return torch.export.load(path, extra_files=extra_files)
+        ep = torch.export.load(path, extra_files=extra_files)
     except RuntimeError as e:
         raise RuntimeError(f"sqfx.load({os.fspath(path)!r}) failed: {e}\nIf the log above names "
                            f"torch.ops.sqfx.*, the archive needs an op this sqfx does not provide; "
                            f"re-export it with this sqfx version ({_note()}).") from e
+    # The archive is untrusted: the op checks its packed tensors only in O(row blocks) per call.
+    validate_program(ep)
+    return ep
+
+
+def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Full `validate_packed` of every packed layer (constant tensors) the program's
+    `sqfx::qlinear_dynamic` calls read; raises PackedFormatError naming the node and tensor."""
+    from .format import PackedFormatError, validate_packed
+
+    lifted = {}
+    for spec in ep.graph_signature.input_specs:
+        target = getattr(spec, "target", None)
+        if target is None:
+            continue
+        t = ep.state_dict.get(target, ep.constants.get(target))
+        if isinstance(t, torch.Tensor):
+            lifted[spec.arg.name] = t
+    op = torch.ops.sqfx.qlinear_dynamic.default
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target is not op:
+            continue
+        args = list(node.args) + [None] * (9 - len(node.args))
+        tensors = [lifted.get(a.name) if isinstance(a, torch.fx.Node) else a for a in args[1:7]]
+        if any(t is None for t in tensors[:5]) or (isinstance(args[6], torch.fx.Node) and tensors[5] is None):
+            continue  # computed in the graph, not a stored layer
+        try:
+            validate_packed(*tensors, in_features=args[7], out_features=int(tensors[3].numel()))
+        except PackedFormatError as e:
+            raise PackedFormatError(f"{e} (in the program's call {node.name})") from None
+    return ep
 
 
 def aoti_compile(ep: torch.export.ExportedProgram, package_path, inductor_configs: Optional[dict] = None) -> str:

@@ -17,7 +17,6 @@ activation zero point: sum_k (q_k - zp) w_k = sum_k q_k w_k - zp * w_sum.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -70,11 +69,11 @@ class PackedLinear:
 
     @property
     def n_row_blocks(self) -> int:
-        return math.ceil(self.out_features / self.block[0])
+        return -(-self.out_features // self.block[0])
 
     @property
     def n_col_blocks(self) -> int:
-        return math.ceil(self.in_features / self.block[1])
+        return -(-self.in_features // self.block[1])
 
     @property
     def nnz_blocks(self) -> int:
@@ -161,6 +160,8 @@ def _check(t, name, dtype, dim):
         _fail(name, f"must have dtype {dtype}, got {t.dtype}")
     if t.dim() != dim:
         _fail(name, f"must be {dim}-D, got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        _fail(name, "must be contiguous (the op reads it as a flat array)")
 
 
 def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_features, out_features):
@@ -172,14 +173,14 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
     _check(w_sum, "w_sum", torch.int32, 1)
     if bias is not None:
         _check(bias, "bias", torch.float32, 1)
-    if not (isinstance(in_features, int) and in_features > 0):
+    if not (type(in_features) is int and in_features > 0):
         _fail("in_features", f"must be a positive int, got {in_features!r}")
-    if not (isinstance(out_features, int) and out_features > 0):
+    if not (type(out_features) is int and out_features > 0):
         _fail("out_features", f"must be a positive int, got {out_features!r}")
     nnz, rb, cb = values.shape
     if rb <= 0 or cb <= 0:
         _fail("values", f"has a non-positive block size {rb}x{cb}")
-    n_rb, n_cb = math.ceil(out_features / rb), math.ceil(in_features / cb)
+    n_rb, n_cb = -(-out_features // rb), -(-in_features // cb)  # exact for any int
     if w_scale.numel() != out_features:
         _fail("w_scale", f"has {w_scale.numel()} entries, expected out_features = {out_features}")
     if not bool(torch.isfinite(w_scale).all()) or not bool((w_scale > 0).all()):
@@ -211,16 +212,25 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
         same_row[row_starts[(row_starts > 0) & (row_starts < nnz)] - 1] = False
         if bool((steps[same_row] <= 0).any()):
             _fail("col_idx", "must be strictly increasing within each row block")
-    if int(values.abs().max() if nnz else 0) > 127 or bool((values == -128).any()):
+    if nnz and bool((values == -128).any()):
         _fail("values", "must lie in [-127, 127] (symmetric int8)")
-    # Padding (rows >= out_features, columns >= in_features) must hold zeros.
-    from .reference import dense_int8
-
-    padded = dense_int8(values, row_ptr, col_idx, n_rb * rb, n_cb * cb)
-    if bool(padded[out_features:].any()) or bool(padded[:, in_features:].any()):
-        _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
-    expected_sum = padded[:out_features].sum(dim=1, dtype=torch.int64).to(torch.int32)
-    if not torch.equal(expected_sum, w_sum):
+    # Padding (rows >= out_features, columns >= in_features) must hold zeros. Checked on
+    # the stored blocks only, O(nnz * block): a dense padded copy would scale with the
+    # block shape, which in a crafted file need not be backed by any memory.
+    expected_sum = torch.zeros(out_features, dtype=torch.int64)
+    if nnz:
+        block_row = torch.repeat_interleave(torch.arange(n_rb), counts.long())
+        rows = block_row[:, None] * rb + torch.arange(rb)[None, :]  # [nnz, rb] output row
+        cols = col_idx.long()[:, None] * cb + torch.arange(cb)[None, :]  # [nnz, cb] input column
+        real = (rows < out_features)[:, :, None] & (cols < in_features)[:, None, :]
+        if bool((values.ne(0) & ~real).any()):
+            _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
+        row_sums = values.sum(dim=2, dtype=torch.int64)
+        in_layer = rows < out_features
+        expected_sum.index_add_(0, rows[in_layer], row_sums[in_layer])
+    if bool((expected_sum.abs() > torch.iinfo(torch.int32).max).any()):
+        _fail("w_sum", "would overflow int32: in_features is too large for int8 row sums")
+    if not torch.equal(expected_sum.to(torch.int32), w_sum):
         _fail("w_sum", "does not equal the row sums of the int8 weights")
 
 
@@ -238,7 +248,7 @@ def block_view(t: torch.Tensor, block) -> torch.Tensor:
     """Pads a 2-D tensor to whole blocks and views it as [n_rb, n_cb, rb, cb]."""
     rb, cb = block
     n, k = t.shape
-    n_rb, n_cb = math.ceil(n / rb), math.ceil(k / cb)
+    n_rb, n_cb = -(-n // rb), -(-k // cb)
     padded = torch.nn.functional.pad(t, (0, n_cb * cb - k, 0, n_rb * rb - n))
     return padded.reshape(n_rb, rb, n_cb, cb).permute(0, 2, 1, 3)
 
@@ -247,7 +257,7 @@ def to_block_mask(mask: torch.Tensor, shape, block, name: str = "weight") -> tor
     """Turns an element mask [N, K] (block-structured) or a block mask [n_rb, n_cb] into a bool block mask."""
     rb, cb = block
     n, k = shape
-    n_rb, n_cb = math.ceil(n / rb), math.ceil(k / cb)
+    n_rb, n_cb = -(-n // rb), -(-k // cb)
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"sqfx: mask for {name} must be a tensor, got {type(mask).__name__}")
     if mask.dtype.is_complex or mask.dim() != 2:
@@ -331,7 +341,10 @@ def pack(
             raise ValueError(f"sqfx.pack: scales must be {n} finite positive values")
         scales = scales.contiguous()
     q = torch.round(masked / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    w_sum = q.sum(dim=1, dtype=torch.int64).to(torch.int32)
+    w_sum64 = q.sum(dim=1, dtype=torch.int64)
+    if bool((w_sum64.abs() > torch.iinfo(torch.int32).max).any()):
+        raise ValueError(f"sqfx.pack: in_features = {k} is too large: int8 row sums overflow int32")
+    w_sum = w_sum64.to(torch.int32)
     if bias is not None:
         bias = bias.detach().cpu().float().reshape(-1).contiguous()
         if bias.numel() != n:

@@ -69,6 +69,9 @@ class SparseQuantLinear(nn.Module):
             raise TypeError(f"SparseQuantLinear expects a floating point input, got {input.dtype}")
         if input.device.type != "cpu":
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
+        if self.values.device.type != "cpu":
+            raise RuntimeError(f"SparseQuantLinear runs on the CPU only; its packed weight is on "
+                               f"{self.values.device}: move the module back with .cpu()")
         x = input if input.dtype == torch.float32 else input.float()
         if self.act_mode == "weight_only":
             y = torch.ops.sqfx.qlinear_weight_only(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
@@ -77,6 +80,19 @@ class SparseQuantLinear(nn.Module):
         y = torch.ops.sqfx.qlinear_dynamic(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
                                            self.w_sum, self.fp32_bias, self.in_features, self.relu)
         return y if input.dtype == torch.float32 else y.to(input.dtype)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(torch.bfloat16) must not cast the packed buffers: they are a
+        # fixed int8 + fp32 format (the op rejects any other dtype). Keep their dtype; the
+        # module still takes fp16/bf16 inputs and returns them in the input's dtype.
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, orig in before.items():
+            buf = self._buffers[name]
+            if buf is not None and buf.dtype != orig.dtype:
+                # Restore the original values exactly (a round trip through fp16 would not).
+                self._buffers[name] = orig.to(buf.device)
+        return self
 
     # The surface users of torch.ao.nn.sparse.quantized.dynamic.Linear know.
     def weight(self) -> torch.Tensor:
@@ -112,6 +128,12 @@ class SparseQuantLinear(nn.Module):
                 f"SparseQuantLinear: unsupported packed format version "
                 f"{state.get('format_version') if isinstance(state, dict) else state!r}; "
                 f"this sqfx reads version {FORMAT_VERSION}")
+        for key, kind in (("in_features", int), ("out_features", int), ("per_channel", bool),
+                          ("relu", bool)):
+            if type(state.get(key)) is not kind:
+                raise PackedFormatError(
+                    f"SparseQuantLinear: extra state field {key!r} must be a {kind.__name__}, "
+                    f"got {state.get(key)!r}")
         self._pending_meta = state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -136,13 +158,16 @@ class SparseQuantLinear(nn.Module):
                 missing_keys.append(key)
         if len(tensors) != len(PackedLinear.TENSOR_FIELDS):
             return
+        # Own contiguous copies: the file's tensors may be strided views or shared storage.
+        tensors = {k: (v.clone(memory_format=torch.contiguous_format)
+                       if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()}
         try:
             validate_packed(**tensors, in_features=meta["in_features"],
                             out_features=meta["out_features"])
         except PackedFormatError as e:
             error_msgs.append(f"while loading {prefix or 'SparseQuantLinear'}: {e}")
             return
-        packed = PackedLinear(**{k: (v.clone() if v is not None else None) for k, v in tensors.items()},
+        packed = PackedLinear(**tensors,
                               in_features=meta["in_features"], out_features=meta["out_features"],
                               per_channel=bool(meta["per_channel"]))
         # Format version 1 states written before act_mode existed load as dynamic_int8.

@@ -35,6 +35,17 @@ def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias,
         lambda: f"sqfx.qlinear_dynamic: input has {input.shape[-1]} features, "
         f"the layer expects in_features = {in_features}",
     )
+    # The packed layout, checked while tracing (torch.compile / torch.export) so a bad
+    # layer fails there with the C++ op's message rather than later at run time.
+    torch._check(values.dim() == 3, lambda: "sqfx.qlinear_dynamic: values must be 3-D")
+    for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("w_scale", w_scale), ("w_sum", w_sum)):
+        torch._check(t.dim() == 1, lambda: f"sqfx.qlinear_dynamic: {name} must be 1-D")
+    torch._check(w_sum.shape[0] == w_scale.shape[0],
+                 lambda: "sqfx.qlinear_dynamic: w_sum must have out_features entries")
+    torch._check(bias is None or (bias.dim() == 1 and bias.shape[0] == w_scale.shape[0]),
+                 lambda: "sqfx.qlinear_dynamic: bias must have out_features entries")
+    torch._check(col_idx.shape[0] == values.shape[0],
+                 lambda: "sqfx.qlinear_dynamic: col_idx must have one entry per block of values")
     return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
 
 

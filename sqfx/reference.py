@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 _INV_255 = torch.tensor(1.0 / 255.0, dtype=torch.float32)
+_FLT_MIN = torch.finfo(torch.float32).tiny
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -23,7 +24,9 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     mx = x.amax(dim=1).clamp(min=0.0) if x.shape[1] else x.new_zeros(x.shape[0])
     rng = mx - mn
     finite = torch.isfinite(x).all(dim=1) & torch.isfinite(rng)
-    scale = torch.where(rng > 0, rng * _INV_255, torch.ones_like(rng))
+    # Clamped to the smallest normal float so 1 / scale stays finite for tiny ranges
+    # (as the C++ quantizer does: otherwise 0 * Inf = NaN reaches the int cast).
+    scale = torch.where(rng > 0, (rng * _INV_255).clamp(min=_FLT_MIN), torch.ones_like(rng))
     inv = 1.0 / scale
     zp = torch.round(-mn * inv).clamp(0, 255)
     q = (torch.round(x * inv[:, None]) + zp[:, None]).clamp(0, 255)
@@ -37,12 +40,17 @@ def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) ->
     """Expands BSR int8 blocks to a dense int8 [out_features, in_features] weight."""
     nnz, rb, cb = values.shape
     n_rb = -(-out_features // rb)
-    n_cb = -(-in_features // cb)
-    dense = torch.zeros(n_rb, n_cb, rb, cb, dtype=torch.int8)
-    rows = torch.repeat_interleave(torch.arange(n_rb), (row_ptr[1:] - row_ptr[:-1]).long())
-    dense[rows, col_idx.long()] = values
-    dense = dense.permute(0, 2, 1, 3).reshape(n_rb * rb, n_cb * cb)
-    return dense[:out_features, :in_features].contiguous()
+    dense = torch.zeros(out_features, in_features, dtype=torch.int8)
+    if nnz == 0:
+        return dense
+    # Scatter element by element into the unpadded weight (a padded copy would scale
+    # with the block shape, which for a crafted layer can be far larger than the layer).
+    block_row = torch.repeat_interleave(torch.arange(n_rb), (row_ptr[1:] - row_ptr[:-1]).long())
+    rows = (block_row[:, None] * rb + torch.arange(rb))[:, :, None].expand(nnz, rb, cb)
+    cols = (col_idx.long()[:, None] * cb + torch.arange(cb))[:, None, :].expand(nnz, rb, cb)
+    keep = (rows < out_features) & (cols < in_features)
+    dense[rows[keep], cols[keep]] = values[keep]
+    return dense
 
 
 def accumulators(x2d, values, row_ptr, col_idx, w_sum, out_features, in_features):

@@ -68,3 +68,14 @@ def quant_error_bound(x: torch.Tensor, w_masked: torch.Tensor, w_scale: torch.Te
     bound = (x2d.abs() @ torch.ones_like(w_masked.double()).T) * w_half[None, :] \
         + a_step[:, None] * (w_masked.double().abs().sum(1)[None, :] + w_half[None, :] * x2d.shape[1])
     return (bound * 1.01 + 1e-5).reshape(*x.shape[:-1], -1)
+
+
+def kept_blocks(packed, block):
+    """Bool block mask [ceil(N/rb), ceil(K/cb)] of the blocks a converted layer keeps. The dense
+    layout (chosen by layout="auto" at low sparsity) stores dropped blocks as zeros, so there the
+    mask is read from the values: a kept block whose weights all round to 0 reads as dropped."""
+    from sqfx.format import block_view
+
+    if packed.layout == "dense":
+        return block_view(packed.unpack(), block).ne(0).any(dim=3).any(dim=2)
+    return packed.block_mask()

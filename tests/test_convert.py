@@ -10,7 +10,7 @@ from torch import fx, nn
 from torch.ao.nn.intrinsic import LinearReLU
 
 import sqfx
-from sqfx_testing import IRS, as_reference, convert_in_ir, op_nodes, quant_error_bound
+from sqfx_testing import IRS, as_reference, convert_in_ir, kept_blocks, op_nodes, quant_error_bound
 
 
 # ---------------- models ----------------
@@ -134,7 +134,7 @@ def masked_fp32(model, converted):
         p = packed_of(converted, prefix, layer)
         lin = masked.get_submodule(layer.fqn)
         rb, cb = layer.block
-        keep = p.block_mask().repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:layer.out_features, :layer.in_features]
+        keep = kept_blocks(p, layer.block).repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:layer.out_features, :layer.in_features]
         with torch.no_grad():
             lin.weight.mul_(keep)
     return masked
@@ -154,7 +154,7 @@ def test_single_layer_within_quantization_bound_3d():
     p = packed_of(out, "sqfx_0", layer)
     x = torch.randn(3, 5, 40)
     rb, cb = layer.block
-    keep = p.block_mask().repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:24, :40]
+    keep = kept_blocks(p, layer.block).repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:24, :40]
     w_masked = net[0].weight.detach() * keep
     with torch.no_grad():
         got = out(x)
@@ -176,7 +176,7 @@ def test_report_contents():
     assert l0.sparsity == 0.5 and l0.scheme == "int8 per_tensor" and l0.activation == "dynamic_int8"
     assert l0.mask_source == "magnitude l1 0.5" and l0.matched == "nn.Linear module"
     p = packed_of(out, "sqfx_0", l0)
-    keep = p.block_mask().repeat_interleave(2, 0).repeat_interleave(2, 1)
+    keep = kept_blocks(p, l0.block).repeat_interleave(2, 0).repeat_interleave(2, 1)
     ref = net[0].weight.detach() * keep
     expected = 10 * math.log10(float(ref.double().pow(2).sum()) / float((ref - p.unpack()).double().pow(2).sum()))
     assert l0.sqnr_db == pytest.approx(expected) and 30 < l0.sqnr_db < 60
@@ -351,7 +351,7 @@ def test_random_shapes_match_reference_and_bound(n, k, rb, cb, sparsity, lead, b
     with torch.no_grad():
         got = out(x)
     assert torch.equal(got, sqfx.reference.qlinear_dynamic(x, *p.tensors(), k, relu))
-    keep = p.block_mask().repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
+    keep = kept_blocks(p, layer.block).repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
     w_masked = net[0].weight.detach() * keep
     want = F.linear(x, w_masked, net[0].bias.detach() if bias else None)
     if relu:

@@ -1,4 +1,6 @@
 """Mask sources (each one, and their order), block-magnitude pruning, unstructured masks."""
+# These tests read the stored block structure, so they pack with layout="sparse" (the default
+# "auto" may store a low-sparsity layer densely, dropped blocks as zeros).
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,9 @@ def block_structured(n, k, block, seed):
     rb, cb = block
     bm = torch.rand(-(-n // rb), -(-k // cb), generator=g) > 0.5
     return bm, bm.repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k].float()
+
+
+SPARSE = sqfx.SparseQuantConfig(layout="sparse")
 
 
 class Net(nn.Module):
@@ -35,7 +40,7 @@ def stored_block_mask(converted):
 
 def test_config_mask():
     bm, _ = block_structured(8, 16, (1, 4), 1)
-    out = sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(masks={"fc": bm}))
+    out = sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(layout="sparse", masks={"fc": bm}))
     assert out.sqfx_report["fc"].mask_source == SOURCE_CONFIG
     assert torch.equal(stored_block_mask(out), bm)
 
@@ -44,7 +49,7 @@ def test_qconfig_mask():
     bm, elem = block_structured(8, 16, (1, 4), 2)
     net = Net()
     net.fc.qconfig = type("QC", (), {"mask": elem})()
-    out = sqfx.prepare_and_convert(net)
+    out = sqfx.prepare_and_convert(net, SPARSE)
     assert out.sqfx_report["fc"].mask_source == SOURCE_QCONFIG
     assert torch.equal(stored_block_mask(out), bm)
 
@@ -56,7 +61,7 @@ def test_fake_sparsity_parametrization():
     bm, elem = block_structured(8, 16, (1, 4), 3)
     net = Net()
     parametrize.register_parametrization(net.fc, "weight", FakeSparsity(elem))
-    out = sqfx.prepare_and_convert(net)
+    out = sqfx.prepare_and_convert(net, SPARSE)
     assert out.sqfx_report["fc"].mask_source == SOURCE_FAKE_SPARSITY
     assert torch.equal(stored_block_mask(out), bm)
     assert parametrize.is_parametrized(net.fc, "weight")  # the input model is untouched
@@ -66,7 +71,7 @@ def test_torch_prune():
     bm, elem = block_structured(8, 16, (1, 4), 4)
     net = Net()
     prune.custom_from_mask(net.fc, "weight", elem)
-    out = sqfx.prepare_and_convert(net)
+    out = sqfx.prepare_and_convert(net, SPARSE)
     assert out.sqfx_report["fc"].mask_source == SOURCE_PRUNE
     assert torch.equal(stored_block_mask(out), bm)
     assert hasattr(net.fc, "weight_mask")
@@ -79,19 +84,19 @@ def test_first_found_wins():
     net = Net()
     prune.custom_from_mask(net.fc, "weight", elem_prune)
     net.fc.qconfig = type("QC", (), {"mask": elem_q})()
-    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(target_sparsity=0.9))
+    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(layout="sparse", target_sparsity=0.9))
     assert out.sqfx_report["fc"].mask_source == SOURCE_QCONFIG
     assert torch.equal(stored_block_mask(out), bm_q)
-    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(masks={"fc": bm_cfg}))
+    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(layout="sparse", masks={"fc": bm_cfg}))
     assert torch.equal(stored_block_mask(out), bm_cfg)
 
 
 def test_target_sparsity_and_no_mask():
     net = Net()
-    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(target_sparsity=0.75, prune_norm="l2"))
+    out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(layout="sparse", target_sparsity=0.75, prune_norm="l2"))
     rep = out.sqfx_report["fc"]
     assert rep.mask_source == "magnitude l2 0.75" and rep.sparsity == pytest.approx(0.75)
-    out = sqfx.prepare_and_convert(net)
+    out = sqfx.prepare_and_convert(net, SPARSE)
     assert out.sqfx_report["fc"].mask_source == SOURCE_NONE and out.sqfx_report["fc"].sparsity == 0.0
 
 
@@ -119,7 +124,7 @@ def test_unstructured_mask_is_an_error_naming_the_layer():
     elem = torch.ones(8, 16)
     elem[0, 1] = 0
     with pytest.raises(ValueError, match=r"layer 'fc'.*not block-structured for block 1x4"):
-        sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(masks={"fc": elem}))
+        sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(layout="sparse", masks={"fc": elem}))
 
 
 def test_unstructured_mask_coarsened_with_warning():
@@ -128,7 +133,7 @@ def test_unstructured_mask_coarsened_with_warning():
     elem[0, 1] = 0           # partly kept block: stored, with weight [0,1] zero
     elem[1, 4:8] = 0         # whole block dropped
     with pytest.warns(UserWarning, match=r"layer 'fc'.*coarsened"):
-        out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(masks={"fc": elem},
+        out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(layout="sparse", masks={"fc": elem},
                                                                    on_unstructured_mask="coarsen"))
     bm = stored_block_mask(out)
     assert bool(bm[0, 0]) and not bool(bm[1, 1]) and int(bm.sum()) == 31
@@ -139,7 +144,7 @@ def test_unstructured_mask_coarsened_with_warning():
 
 def test_wrong_mask_shape():
     with pytest.raises(ValueError, match="layer 'fc'.*shape"):
-        sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(masks={"fc": torch.ones(3, 3)}))
+        sqfx.prepare_and_convert(Net(), sqfx.SparseQuantConfig(layout="sparse", masks={"fc": torch.ones(3, 3)}))
 
 
 def test_collect_module_masks_names_layers():

@@ -6,6 +6,8 @@
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <algorithm>
+#include <cfloat>
 
 #include <cmath>
 #include <cstring>
@@ -53,7 +55,8 @@ __attribute__((target("avx2,fma"))) RowParams row_params(const float* row,
   p.finite = finite && std::isfinite(range);
   if (!p.finite) return p;
   constexpr float kInv255 = 1.0f / 255.0f;
-  p.scale = range > 0.0f ? range * kInv255 : 1.0f;
+  // Clamped like quantize_rows.cpp: a subnormal scale would make 1/scale Inf (UB in the casts).
+  p.scale = range > 0.0f ? std::max(range * kInv255, FLT_MIN) : 1.0f;
   p.inv = 1.0f / p.scale;
   float z = std::nearbyintf(-lo * p.inv);
   p.z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);

@@ -4,6 +4,8 @@
 // the build passes -ffp-contract=off) and rounding is round-half-to-even.
 #include "kernels.h"
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -34,7 +36,12 @@ void quantize_rows(const float* x, int64_t K, int64_t m_begin, int64_t m_end,
       std::memset(q, 0, out.ld);
       continue;
     }
-    float s = range > 0.0f ? range * kInv255 : 1.0f;
+    // Clamp the scale to the smallest normal float: for a row whose range is
+    // below ~255 * FLT_MIN, range / 255 underflows (to 0 or a subnormal) and
+    // 1 / s to +Inf, and then 0 * Inf = NaN would reach the float -> int casts
+    // below, which is undefined behaviour. With s >= FLT_MIN, inv <= 2^126 and
+    // every product stays finite.
+    float s = range > 0.0f ? std::max(range * kInv255, FLT_MIN) : 1.0f;
     float inv = 1.0f / s;
     float z = std::nearbyintf(-mn * inv);
     z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);

@@ -1,0 +1,36 @@
+"""Shared helpers for the hardening tests: random valid packed layers and exact comparisons."""
+from __future__ import annotations
+
+import torch
+
+import sqfx
+from sqfx import reference
+
+OP = torch.ops.sqfx.qlinear_dynamic
+
+
+def random_packed(n, k, block, density=0.5, bias=True, seed=0, per_channel=True):
+    """A valid PackedLinear of shape [n, k]: random weights, random block mask."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g)
+    n_rb, n_cb = -(-n // block[0]), -(-k // block[1])
+    mask = torch.rand(n_rb, n_cb, generator=g) < density
+    b = torch.randn(n, generator=g) if bias else None
+    return sqfx.pack(weight, mask=mask, block=block, bias=b, per_channel=per_channel)
+
+
+def run_op(packed, x, relu=False, in_features=None):
+    return OP(x, *packed.tensors(), packed.in_features if in_features is None else in_features, relu)
+
+
+def run_ref(packed, x, relu=False):
+    return reference.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
+
+
+def assert_same(actual, expected):
+    """Bit-identical, NaN in the same places (torch.equal treats NaN != NaN)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype
+    nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
+    assert torch.equal(nan_a, nan_e), "NaN positions differ"
+    assert torch.equal(actual[~nan_a], expected[~nan_e]), (actual - expected).abs().max()
