@@ -112,11 +112,8 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
     if converter == "fx":
         config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
                                         masks={k: v for k, v in masks.items() if v is not None},
-                                        include=list(masks))
-        if any(m != "dynamic_int8" for m in (act_modes or {}).values()):
-            # The FX pass emits sqfx.qlinear_dynamic only, as graph calls rather than modules.
-            raise ValueError("converter='fx' supports act_mode dynamic_int8 only (for now); "
-                             "use the module converter for weight_only / auto")
+                                        include=list(masks),
+                                        overrides={fqn: {"activation": mode} for fqn, mode in (act_modes or {}).items()})
         out = sqfx.prepare_and_convert(model, config, example_inputs)
         out = out[0] if isinstance(out, tuple) else out
         # An HF model is captured with torch.export (symbolic_trace cannot trace it): the result
@@ -130,7 +127,7 @@ def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = Tru
         parent = model.get_submodule(parent_name)
         setattr(parent, child, sqfx.SparseQuantLinear.from_float(
             getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel,
-            act_mode=(act_modes or {}).get(fqn, "dynamic_int8")))
+            act_mode=(act_modes or {}).get(fqn, "dynamic_int8"), layout="auto"))
     return model
 
 
@@ -273,7 +270,8 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
             exported = export_pt2(converted, {k: v[:2] for k, v in eval_inputs.items()}, export_path)
         except Exception as e:
             notes.append(f"export: skipped, torch.export failed: {type(e).__name__}: {str(e)[:300]}")
-    sparsities = [m.packed.sparsity for m in converted.modules() if isinstance(m, sqfx.SparseQuantLinear)]
+    # From the pruning masks (the packed layout may store a layer densely, dropped blocks as zeros).
+    sparsities = [1.0 - float(m.float().mean()) for m in masks.values() if m is not None]
     return {"rows": rows, "cosine": cosines, "export": exported, "notes": notes, "model": converted,
             "act_modes": act_modes,
             "layers": len(sparsities),
@@ -312,7 +310,7 @@ def main(argv=None) -> int:
                     help="activation mode of the 'sqfx' rows; auto: per layer from a calibration run")
     ap.add_argument("--threshold-db", type=float, default=30.0,
                     help="auto: weight_only where dynamic int8's output SQNR is below this")
-    ap.add_argument("--converter", choices=("modules", "fx"), default="modules",
+    ap.add_argument("--converter", choices=("modules", "fx"), default="fx",
                     help="'fx' converts through sqfx.prepare_and_convert")
     args = ap.parse_args(argv)
     if not 0.0 <= args.sparsity < 1.0:

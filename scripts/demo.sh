@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 venv="${SQFX_VENV:-.venv}"
-exec "$venv/bin/python" examples/op_demo.py "$@"
+exec "$venv/bin/python" examples/minilm_demo.py "$@"

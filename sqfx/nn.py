@@ -54,14 +54,18 @@ class SparseQuantLinear(nn.Module):
 
     @classmethod
     def from_float(cls, mod: nn.Module, mask=None, block=(1, 4), per_channel: bool = True,
-                   relu: bool = False, scales=None, act_mode: str = "dynamic_int8") -> "SparseQuantLinear":
-        """Packs an `nn.Linear` (or `torch.ao.nn.intrinsic.LinearReLU`, fusing its ReLU)."""
+                   relu: bool = False, scales=None, act_mode: str = "dynamic_int8",
+                   layout: str = "sparse") -> "SparseQuantLinear":
+        """Packs an `nn.Linear` (or `torch.ao.nn.intrinsic.LinearReLU`, fusing its ReLU).
+
+        layout: see sqfx.pack ("sparse" keeps the block structure; "auto" stores low-sparsity
+        layers densely, where the dense int8 kernel is faster)."""
         fused = type(mod).__name__ == "LinearReLU" and isinstance(mod[0], nn.Linear)
         linear = mod[0] if fused else mod
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"SparseQuantLinear.from_float expects nn.Linear, got {type(mod).__name__}")
         packed = pack(linear.weight, mask=mask, block=block, per_channel=per_channel,
-                      bias=linear.bias, scales=scales)
+                      bias=linear.bias, scales=scales, layout=layout)
         return cls(packed, relu=relu or fused, act_mode=act_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

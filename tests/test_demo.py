@@ -1,4 +1,5 @@
 """The MiniLM demo's pipeline on a tiny randomly initialised BERT (no download, no weights)."""
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[demo])")
 
 import sqfx  # noqa: E402
+from sqfx_testing import kept_blocks  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "minilm_demo.py"
 
@@ -90,7 +92,7 @@ def test_converted_model_matches_masked_fp32_within_quantization_error(demo, tin
     assert n_sqfx == len(masks)
     # The masks survive the round trip into the packed format.
     for fqn, mask in masks.items():
-        assert torch.equal(converted.get_submodule(fqn).packed.block_mask(), mask)
+        assert torch.equal(kept_blocks(converted.get_submodule(fqn).packed, (1, 4)), mask)
     inputs = demo.random_inputs(2, 10, 120)
     ref = demo.mean_pooled(masked, inputs)
     assert demo.cosine(converted, ref, inputs) > 0.99
@@ -126,8 +128,12 @@ def test_fx_converter_path(demo, tiny_bert):
     nodes = [n for m in converted.modules() if hasattr(m, "graph") for n in m.graph.nodes]
     assert any("qlinear_dynamic" in str(n.target) for n in nodes)
     assert demo.cosine(converted, demo.mean_pooled(masked, inputs), inputs) > 0.99
-    with pytest.raises(ValueError, match="dynamic_int8 only"):
-        demo.convert(masked, {}, converter="fx", act_modes={"x": "weight_only"})
+    masks = demo.block_prune_(copy.deepcopy(tiny_bert), 0.5, (1, 4))
+    first = next(iter(masks))
+    mixed = demo.convert(masked, masks, converter="fx", example_inputs=(inputs["input_ids"], inputs["attention_mask"]),
+                         act_modes={first: "weight_only"}, progress=False)
+    targets = [str(n.target) for m in mixed.modules() if hasattr(m, "graph") for n in m.graph.nodes]
+    assert sum("qlinear_weight_only" in t for t in targets) == 1
 
 
 def test_fx_converter_path_other_batch(demo, tiny_bert):

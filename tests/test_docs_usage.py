@@ -27,3 +27,18 @@ def test_backend_snippet_runs():
     with torch.no_grad():
         y = torch.compile(model, backend=scope["backend"], fullgraph=True)(torch.randn(2, 8))
     assert y.shape == (2, 8) and bool((y >= 0).all())
+
+
+def test_readme_examples_run(tmp_path, monkeypatch, capsys):
+    readme = DOC.parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)  # the examples write model.pt2 and layer.pt
+    scope = {}
+    exec(compile(blocks[0], str(readme), "exec"), scope)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert torch.equal(scope["compiled"](scope["x"]), scope["y"])
+    exec(compile(blocks[1], str(readme), "exec"), scope)
+    assert (tmp_path / "model.pt2").exists() and (tmp_path / "layer.pt").exists()
+    assert "sqfx conversion report" in capsys.readouterr().out
