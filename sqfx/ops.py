@@ -26,37 +26,43 @@ def _load_library() -> None:
 _load_library()
 
 
-@torch.library.register_fake("sqfx::qlinear_dynamic")
-def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu):
-    torch._check(input.dtype == torch.float32, lambda: "sqfx.qlinear_dynamic: input must be float32")
-    torch._check(input.dim() >= 1, lambda: "sqfx.qlinear_dynamic: input must have at least 1 dim")
+def _check_and_shape(op: str, input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum=None):
+    """Shape checks shared by the fake kernels, run while tracing (torch.compile / torch.export)
+    so a bad layer fails there with the C++ op's message rather than later at run time."""
+    torch._check(input.dtype == torch.float32, lambda: f"sqfx.{op}: input must be float32")
+    torch._check(input.dim() >= 1, lambda: f"sqfx.{op}: input must have at least 1 dim")
     torch._check(
         input.shape[-1] == in_features,
-        lambda: f"sqfx.qlinear_dynamic: input has {input.shape[-1]} features, "
-        f"the layer expects in_features = {in_features}",
+        lambda: f"sqfx.{op}: input has {input.shape[-1]} features, the layer expects in_features = {in_features}",
     )
-    # The packed layout, checked while tracing (torch.compile / torch.export) so a bad
-    # layer fails there with the C++ op's message rather than later at run time.
-    torch._check(values.dim() == 3, lambda: "sqfx.qlinear_dynamic: values must be 3-D")
-    for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("w_scale", w_scale), ("w_sum", w_sum)):
-        torch._check(t.dim() == 1, lambda: f"sqfx.qlinear_dynamic: {name} must be 1-D")
-    torch._check(w_sum.shape[0] == w_scale.shape[0],
-                 lambda: "sqfx.qlinear_dynamic: w_sum must have out_features entries")
+    torch._check(values.dim() == 3, lambda: f"sqfx.{op}: values must be 3-D")
+    vectors = (("row_ptr", row_ptr), ("col_idx", col_idx), ("w_scale", w_scale))
+    for name, t in vectors + ((("w_sum", w_sum),) if w_sum is not None else ()):
+        torch._check(t.dim() == 1, lambda: f"sqfx.{op}: {name} must be 1-D")
+    if w_sum is not None:
+        torch._check(w_sum.shape[0] == w_scale.shape[0], lambda: f"sqfx.{op}: w_sum must have out_features entries")
     torch._check(bias is None or (bias.dim() == 1 and bias.shape[0] == w_scale.shape[0]),
-                 lambda: "sqfx.qlinear_dynamic: bias must have out_features entries")
+                 lambda: f"sqfx.{op}: bias must have out_features entries")
     torch._check(col_idx.shape[0] == values.shape[0],
-                 lambda: "sqfx.qlinear_dynamic: col_idx must have one entry per block of values")
+                 lambda: f"sqfx.{op}: col_idx must have one entry per block of values")
     return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
 
 
-def _backward(ctx, grad):
-    raise RuntimeError(
-        "sqfx.qlinear_dynamic is inference-only: it has no backward. Run the converted "
-        "model under torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
-    )
+def _refuse_backward(op: str):
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"sqfx.{op} is inference-only: it has no backward. Run the converted model under "
+            "torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
+        )
+    return backward
 
 
-torch.library.register_autograd("sqfx::qlinear_dynamic", _backward)
+@torch.library.register_fake("sqfx::qlinear_dynamic")
+def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu):
+    return _check_and_shape("qlinear_dynamic", input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum)
+
+
+torch.library.register_autograd("sqfx::qlinear_dynamic", _refuse_backward("qlinear_dynamic"))
 
 
 def qlinear_dynamic(
@@ -79,24 +85,10 @@ def qlinear_dynamic(
 # ---- sqfx::qlinear_weight_only (csrc/qlinear_weight_only.cpp): fp32 activations, int8 weights ----
 @torch.library.register_fake("sqfx::qlinear_weight_only")
 def _qlinear_weight_only_fake(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu):
-    torch._check(input.dtype == torch.float32, lambda: "sqfx.qlinear_weight_only: input must be float32")
-    torch._check(input.dim() >= 1, lambda: "sqfx.qlinear_weight_only: input must have at least 1 dim")
-    torch._check(
-        input.shape[-1] == in_features,
-        lambda: f"sqfx.qlinear_weight_only: input has {input.shape[-1]} features, "
-        f"the layer expects in_features = {in_features}",
-    )
-    return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
+    return _check_and_shape("qlinear_weight_only", input, values, row_ptr, col_idx, w_scale, bias, in_features)
 
 
-def _weight_only_backward(ctx, grad):
-    raise RuntimeError(
-        "sqfx.qlinear_weight_only is inference-only: it has no backward. Run the converted "
-        "model under torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
-    )
-
-
-torch.library.register_autograd("sqfx::qlinear_weight_only", _weight_only_backward)
+torch.library.register_autograd("sqfx::qlinear_weight_only", _refuse_backward("qlinear_weight_only"))
 
 
 def qlinear_weight_only(
