@@ -20,6 +20,8 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include "packed_checks.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -41,15 +43,6 @@ using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
 constexpr const char* kOp = "sqfx.qlinear_weight_only";
-
-void check_tensor(const Tensor& t, const char* name, ScalarType dtype, int64_t dim) {
-  STD_TORCH_CHECK(t.is_cpu(), kOp, ": ", name, " must be a CPU tensor");
-  STD_TORCH_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must have dtype ",
-                  torch::headeronly::toString(dtype), ", got ",
-                  torch::headeronly::toString(t.scalar_type()));
-  STD_TORCH_CHECK(t.dim() == dim, kOp, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
-  STD_TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
-}
 
 // The validated weight, as plain pointers.
 struct WoWeight {
@@ -246,59 +239,12 @@ bool run_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_id
 Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx,
                            Tensor w_scale, std::optional<Tensor> bias, int64_t in_features,
                            bool relu) {
-  // ---- packed weight ----
-  check_tensor(values, "values", ScalarType::Char, 3);
-  check_tensor(row_ptr, "row_ptr", ScalarType::Int, 1);
-  STD_TORCH_CHECK(col_idx.scalar_type() == ScalarType::Short || col_idx.scalar_type() == ScalarType::Int,
-                  kOp, ": col_idx must be int16 or int32, got ",
-                  torch::headeronly::toString(col_idx.scalar_type()));
-  check_tensor(col_idx, "col_idx", col_idx.scalar_type(), 1);
-  check_tensor(w_scale, "w_scale", ScalarType::Float, 1);
-
-  WoWeight w{};
-  w.N = w_scale.size(0);
-  w.K = in_features;
-  w.rb = values.size(1);
-  w.cb = values.size(2);
-  const int64_t nnz = values.size(0);
-  STD_TORCH_CHECK(w.rb > 0 && w.cb > 0, kOp, ": block sizes must be positive, got ", w.rb, "x", w.cb);
-  STD_TORCH_CHECK(w.K > 0, kOp, ": in_features must be positive, got ", w.K);
-  w.n_row_blocks = (w.N + w.rb - 1) / w.rb;
-  w.n_col_blocks = (w.K + w.cb - 1) / w.cb;
-  STD_TORCH_CHECK(row_ptr.size(0) == w.n_row_blocks + 1, kOp, ": row_ptr has ", row_ptr.size(0),
-                  " entries, expected ceil(out_features / row_block) + 1 = ", w.n_row_blocks + 1);
-  STD_TORCH_CHECK(col_idx.size(0) == nnz, kOp, ": col_idx has ", col_idx.size(0),
-                  " entries, values has ", nnz, " blocks");
-  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
-  STD_TORCH_CHECK(rp[0] == 0, kOp, ": row_ptr[0] must be 0, got ", rp[0]);
-  for (int64_t i = 0; i < w.n_row_blocks; ++i) {
-    STD_TORCH_CHECK(rp[i] <= rp[i + 1], kOp, ": row_ptr must be non-decreasing, but row_ptr[", i,
-                    "] = ", rp[i], " > row_ptr[", i + 1, "] = ", rp[i + 1]);
-  }
-  STD_TORCH_CHECK(rp[w.n_row_blocks] == nnz, kOp, ": row_ptr[-1] = ", rp[w.n_row_blocks],
-                  " must equal the number of blocks ", nnz);
-  if (bias.has_value()) {
-    check_tensor(*bias, "bias", ScalarType::Float, 1);
-    STD_TORCH_CHECK(bias->size(0) == w.N, kOp, ": bias has ", bias->size(0),
-                    " entries, expected out_features = ", w.N);
-    w.bias = bias->const_data_ptr<float>();
-  }
-  w.values = values.const_data_ptr<int8_t>();
-  w.row_ptr = rp;
-  w.col_idx_16 = col_idx.scalar_type() == ScalarType::Short;
-  w.col_idx = col_idx.const_data_ptr();
-  w.w_scale = w_scale.const_data_ptr<float>();
-
-  // ---- input ----
-  STD_TORCH_CHECK(input.is_cpu(), kOp, ": input must be a CPU tensor");
-  STD_TORCH_CHECK(input.scalar_type() == ScalarType::Float, kOp, ": input must be float32, got ",
-                  torch::headeronly::toString(input.scalar_type()));
-  STD_TORCH_CHECK(input.dim() >= 1, kOp, ": input must have at least 1 dim");
-  STD_TORCH_CHECK(input.size(input.dim() - 1) == w.K, kOp, ": input has ",
-                  input.size(input.dim() - 1),
-                  " features in its last dim, the layer expects in_features = ", w.K);
-  Tensor x = torch::stable::contiguous(input);
-  const int64_t M = x.numel() / w.K;
+  const CheckedPacked p = check_packed(kOp, values, row_ptr, col_idx, w_scale, bias, in_features);
+  WoWeight w{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, p.bias, p.N, p.K,
+             p.row_block, p.col_block, p.n_row_blocks, p.n_col_blocks};
+  const int64_t nnz = p.nnz;
+  int64_t M = 0;
+  Tensor x = check_input(kOp, input, p, &M);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
   Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);

@@ -94,7 +94,7 @@ OP_CASES = [
     ("w_scale", lambda p: _ws(p, float("inf")), r"w_scale must be finite and positive"),
     ("w_scale", lambda p: _ws(p, 0.0), r"w_scale must be finite and positive"),
     ("w_scale", lambda p: _ws(p, -1.0), r"w_scale must be finite and positive"),
-    ("w_scale", lambda p: p.w_scale[:-1].contiguous(), r"(w_sum|row_ptr) has \d+ entries"),
+    ("w_scale", lambda p: p.w_scale[:-1].contiguous(), r"(w_sum|row_ptr|bias) has \d+ entries"),
     ("w_sum", lambda p: p.w_sum.long(), r"w_sum must have dtype"),
     ("w_sum", lambda p: p.w_sum[:-1].contiguous(), r"w_sum has \d+ entries"),
     ("w_sum", lambda p: _set(p.w_sum, 2, -2**31), r"w_sum\[2\] = -2147483648 cannot be a row sum"),
@@ -432,3 +432,30 @@ def test_sqfx_load_validates_packed_constants(tmp_path, tensor, mutate, message)
     sqfx.save(ep, tmp_path / "bad.pt2")
     with pytest.raises(PackedFormatError, match=f"{message}.*in the program's call"):
         sqfx.load(tmp_path / "bad.pt2")
+
+
+# The weight-only op shares the op entry checks (csrc/packed_checks.cpp) with qlinear_dynamic.
+def _weight_only(p, x, **changes):
+    args = dict(values=p.values, row_ptr=p.row_ptr, col_idx=p.col_idx, w_scale=p.w_scale, bias=p.bias)
+    args.update(changes)
+    return torch.ops.sqfx.qlinear_weight_only(x, args["values"], args["row_ptr"], args["col_idx"],
+                                              args["w_scale"], args["bias"], p.in_features, False)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (lambda p: {"w_scale": torch.full_like(p.w_scale, float("nan"))}, r"w_scale must be finite and positive"),
+    (lambda p: {"values": None}, r"values must be a tensor, got None"),
+    (lambda p: {"row_ptr": p.row_ptr.flip(0).contiguous()}, r"row_ptr"),
+    (lambda p: {"col_idx": torch.full_like(p.col_idx, 10**4)}, r"block column index outside"),
+    (lambda p: {"values": torch.empty(0, 1, 2**40, dtype=torch.int8),
+                "row_ptr": torch.zeros(p.out_features + 1, dtype=torch.int32),
+                "col_idx": torch.empty(0, dtype=torch.int16)}, None),
+])
+def test_weight_only_op_entry_checks(changes, message):
+    p = random_packed(9, 13, (1, 4), 0.7)
+    x = torch.randn(3, 13)
+    if message is None:  # an empty layer claiming a huge block: no huge scratch, bias out
+        assert torch.equal(_weight_only(p, x, **changes(p)), p.bias.expand(3, 9))
+        return
+    with pytest.raises(RuntimeError, match=message):
+        _weight_only(p, x, **changes(p))

@@ -1,0 +1,43 @@
+// Validation shared by the sqfx ops: every packed tensor and the input are
+// checked here before any kernel touches their memory. O(row blocks + N):
+// dtypes, devices, ranks, contiguity, lengths, row pointers, scales. Block
+// column indices are range-checked by the kernels as they read them.
+#pragma once
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace sqfx {
+
+// The packed weight after validation, as plain pointers and sizes.
+struct CheckedPacked {
+  const int8_t* values;
+  const int32_t* row_ptr;
+  const void* col_idx;
+  bool col_idx_16;
+  const float* w_scale;
+  const float* bias;  // or nullptr
+  int64_t N, K, nnz;
+  int64_t row_block, col_block, n_row_blocks, n_col_blocks;
+};
+
+// The torch spelling of a dtype ("torch.int8"), for error messages.
+const char* dtype_name(torch::headeronly::ScalarType t);
+
+void check_tensor(const char* op, const torch::stable::Tensor& t, const char* name,
+                  torch::headeronly::ScalarType dtype, int64_t dim);
+
+CheckedPacked check_packed(const char* op, const torch::stable::Tensor& values,
+                           const torch::stable::Tensor& row_ptr,
+                           const torch::stable::Tensor& col_idx,
+                           const torch::stable::Tensor& w_scale,
+                           const std::optional<torch::stable::Tensor>& bias, int64_t in_features);
+
+// Checks the input against the layer and returns it contiguous (no copy when it
+// already is); *rows = the number of rows of the flattened [rows, K] input.
+torch::stable::Tensor check_input(const char* op, const torch::stable::Tensor& input,
+                                  const CheckedPacked& w, int64_t* rows);
+
+}  // namespace sqfx
