@@ -199,7 +199,7 @@ def test_threads_give_identical_output():
 
 @pytest.mark.parametrize("isa", FAST_ISAS)
 @pytest.mark.parametrize("block", [(1, 4), (8, 1)])
-@pytest.mark.parametrize("m", [1, 40])
+@pytest.mark.parametrize("m", [1, 2, 3, 40])
 def test_fast_kernels_reject_out_of_range_column(isa, block, m):
     p = make_packed(32, 64, block, 0.0, True, seed=2)
     for bad in (p.n_col_blocks, -1):
