@@ -44,16 +44,8 @@ using torch::headeronly::ScalarType;
 
 constexpr const char* kOp = "sqfx.qlinear_weight_only";
 
-// The validated weight, as plain pointers.
-struct WoWeight {
-  const int8_t* values;
-  const int32_t* row_ptr;
-  const void* col_idx;
-  bool col_idx_16;
-  const float* w_scale;
-  const float* bias;  // or nullptr
-  int64_t N, K, rb, cb, n_row_blocks, n_col_blocks;
-};
+// The validated weight (csrc/packed_checks.h).
+using WoWeight = CheckedPacked;
 
 // The fp32 activations: rows of stride ld >= n_col_blocks * cb (zero padded).
 struct Rows {
@@ -73,7 +65,7 @@ inline float finish(float acc, const WoWeight& w, int64_t n, bool relu) {
 template <typename Index>
 bool wo_generic(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
                 bool relu, int64_t rb_begin, int64_t rb_end) {
-  const int64_t rb = w.rb, cb = w.cb, block = rb * cb;
+  const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
   std::vector<float> acc(rb);
   bool ok = true;
   for (int64_t i = rb_begin; i < rb_end; ++i) {
@@ -120,7 +112,7 @@ SQFX_WO_AVX2 inline float hsum8(__m256 v) {
 template <typename Index>
 SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
                           bool relu, int64_t rb_begin, int64_t rb_end) {
-  const int64_t rb = w.rb, cb = w.cb, block = rb * cb;
+  const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
   bool ok = true;
   for (int64_t i = rb_begin; i < rb_end; ++i) {
     const int64_t j0 = w.row_ptr[i], j1 = w.row_ptr[i + 1];
@@ -240,8 +232,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
                            Tensor w_scale, std::optional<Tensor> bias, int64_t in_features,
                            bool relu) {
   const CheckedPacked p = check_packed(kOp, values, row_ptr, col_idx, w_scale, bias, in_features);
-  WoWeight w{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, p.bias, p.N, p.K,
-             p.row_block, p.col_block, p.n_row_blocks, p.n_col_blocks};
+  const WoWeight& w = p;
   const int64_t nnz = p.nnz;
   int64_t M = 0;
   Tensor x = check_input(kOp, input, p, &M);
@@ -250,7 +241,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
   Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
   if (M > 0 && w.N > 0) {
     // A last block column that runs past in_features reads zero padding, never past the row.
-    const int64_t ld = w.n_col_blocks * w.cb;
+    const int64_t ld = w.n_col_blocks * w.col_block;
     std::vector<float> padded;
     Rows a{x.const_data_ptr<float>(), M, w.K};
     if (ld != w.K) {
@@ -264,7 +255,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
     const bool avx2 = use_avx2();
     std::atomic<bool> ok{true};
     const int64_t work_per_rb =
-        std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.rb * w.cb);
+        std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block);
     torch::stable::parallel_for(
         0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
           const bool good =
