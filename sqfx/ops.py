@@ -28,7 +28,17 @@ _load_library()
 
 def _check_and_shape(op: str, input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum=None):
     """Shape checks shared by the fake kernels, run while tracing (torch.compile / torch.export)
-    so a bad layer fails there with the C++ op's message rather than later at run time."""
+    so a bad layer fails there with the C++ op's message rather than later at run time.
+
+    The dispatcher also runs this kernel for a real call whenever one argument is on `meta`
+    (e.g. a packed tensor a tampered .pt2 put there): every tensor must then be on the input's
+    device, or the call would "succeed" with an uninitialized CPU result."""
+    tensors = (("input", input), ("values", values), ("row_ptr", row_ptr), ("col_idx", col_idx),
+               ("w_scale", w_scale), ("w_sum", w_sum), ("bias", bias))
+    for name, t in tensors:
+        if isinstance(t, torch.Tensor) and t.device != input.device:
+            raise RuntimeError(f"sqfx.{op}: {name} is on {t.device} but input is on {input.device}: "
+                               "every tensor of the call must be on the same device (the CPU)")
     torch._check(input.dtype == torch.float32, lambda: f"sqfx.{op}: input must be float32")
     torch._check(input.dim() >= 1, lambda: f"sqfx.{op}: input must have at least 1 dim")
     torch._check(

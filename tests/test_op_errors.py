@@ -459,3 +459,25 @@ def test_weight_only_op_entry_checks(changes, message):
         return
     with pytest.raises(RuntimeError, match=message):
         _weight_only(p, x, **changes(p))
+
+
+# ---- hardening round 2 (issue 13) ----
+
+@pytest.mark.parametrize("op", ["qlinear_dynamic", "qlinear_weight_only"])
+@pytest.mark.parametrize("which", [0, 1, 2, 3, 5, "input"])
+def test_mixed_meta_and_cpu_tensors_raise_instead_of_returning_garbage(op, which):
+    # One meta tensor sends the call to the fake kernel, which used to return an
+    # uninitialized CPU tensor for a CPU input.
+    p = list(sqfx.pack(torch.randn(64, 22), bias=torch.randn(64)).tensors())
+    x = torch.randn(100, 22)
+    if which == "input":
+        x = x.to("meta")
+    else:
+        p[which] = p[which].to("meta")
+    args = p if op == "qlinear_dynamic" else p[:4] + p[5:]
+    with pytest.raises(RuntimeError, match=r"is on (meta|cpu) but input is on (cpu|meta)"):
+        getattr(torch.ops.sqfx, op)(x, *args, 22, False)
+    # Directly through the fake kernel (what torch.compile / torch.export trace) as well.
+    fake = sqfx.ops._qlinear_dynamic_fake if op == "qlinear_dynamic" else sqfx.ops._qlinear_weight_only_fake
+    with pytest.raises(RuntimeError, match="every tensor of the call must be on the same device"):
+        fake(x, *args, 22, False)
