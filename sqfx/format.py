@@ -164,19 +164,35 @@ def _check(t, name, dtype, dim):
         _fail(name, "must be contiguous (the op reads it as a flat array)")
 
 
+_INT64_MAX = torch.iinfo(torch.int64).max
+# validate_packed walks the stored blocks in chunks of about this many weights, so its
+# temporaries stay a few MB whatever the layer's size (without chunking, the int64 index
+# tensors of 1x4 blocks alone are ~10x the size of `values`).
+_CHUNK_WEIGHTS = 1 << 18
+
+
+def _check_features(name, value):
+    if not (type(value) is int and 0 < value <= _INT64_MAX):
+        _fail(name, f"must be a positive int that fits int64, got {value!r}")
+
+
 def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_features, out_features):
-    """Full O(nnz) check of a packed weight (the op itself checks only what is O(rows))."""
+    """Full O(nnz) check of a packed weight (the op itself checks only what is O(rows)).
+
+    w_sum may be None for a weight read by `sqfx::qlinear_weight_only`, which has no w_sum.
+    Cheap checks (O(row blocks)) come first, so a crafted file fails before any temporary
+    scales with what it claims; the O(nnz) checks then run in bounded chunks of blocks.
+    """
     _check(values, "values", torch.int8, 3)
     _check(row_ptr, "row_ptr", torch.int32, 1)
     _check(col_idx, "col_idx", (torch.int16, torch.int32), 1)
     _check(w_scale, "w_scale", torch.float32, 1)
-    _check(w_sum, "w_sum", torch.int32, 1)
+    if w_sum is not None:
+        _check(w_sum, "w_sum", torch.int32, 1)
     if bias is not None:
         _check(bias, "bias", torch.float32, 1)
-    if not (type(in_features) is int and in_features > 0):
-        _fail("in_features", f"must be a positive int, got {in_features!r}")
-    if not (type(out_features) is int and out_features > 0):
-        _fail("out_features", f"must be a positive int, got {out_features!r}")
+    _check_features("in_features", in_features)
+    _check_features("out_features", out_features)
     nnz, rb, cb = values.shape
     if rb <= 0 or cb <= 0:
         _fail("values", f"has a non-positive block size {rb}x{cb}")
@@ -185,7 +201,7 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
         _fail("w_scale", f"has {w_scale.numel()} entries, expected out_features = {out_features}")
     if not bool(torch.isfinite(w_scale).all()) or not bool((w_scale > 0).all()):
         _fail("w_scale", "must be finite and positive")
-    if w_sum.numel() != out_features:
+    if w_sum is not None and w_sum.numel() != out_features:
         _fail("w_sum", f"has {w_sum.numel()} entries, expected out_features = {out_features}")
     if bias is not None and bias.numel() != out_features:
         _fail("bias", f"has {bias.numel()} entries, expected out_features = {out_features}")
@@ -193,7 +209,8 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
         _fail("row_ptr", f"has {row_ptr.numel()} entries, expected ceil(out_features / row_block) + 1 = {n_rb + 1}")
     if int(row_ptr[0]) != 0:
         _fail("row_ptr", f"must start at 0, got {int(row_ptr[0])}")
-    counts = row_ptr[1:] - row_ptr[:-1]
+    # int64: int32 differences of crafted entries wrap around and would pass the checks below.
+    counts = row_ptr[1:].long() - row_ptr[:-1].long()
     if bool((counts < 0).any()):
         _fail("row_ptr", "must be non-decreasing")
     if int(row_ptr[-1]) != nnz:
@@ -202,36 +219,56 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
         _fail("row_ptr", f"gives a row block more than n_col_blocks = {n_cb} blocks")
     if col_idx.numel() != nnz:
         _fail("col_idx", f"has {col_idx.numel()} entries, but values holds {nnz} blocks")
-    if nnz:
-        if int(col_idx.min()) < 0 or int(col_idx.max()) >= n_cb:
-            _fail("col_idx", f"holds a block column outside [0, {n_cb})")
-        # Strictly increasing inside each row block (so no block is counted twice).
-        steps = col_idx[1:].long() - col_idx[:-1].long()
-        row_starts = row_ptr[1:-1].long()
-        same_row = torch.ones(nnz - 1, dtype=torch.bool)
-        same_row[row_starts[(row_starts > 0) & (row_starts < nnz)] - 1] = False
-        if bool((steps[same_row] <= 0).any()):
-            _fail("col_idx", "must be strictly increasing within each row block")
-    if nnz and bool((values == -128).any()):
-        _fail("values", "must lie in [-127, 127] (symmetric int8)")
-    # Padding (rows >= out_features, columns >= in_features) must hold zeros. Checked on
-    # the stored blocks only, O(nnz * block): a dense padded copy would scale with the
-    # block shape, which in a crafted file need not be backed by any memory.
-    expected_sum = torch.zeros(out_features, dtype=torch.int64)
-    if nnz:
-        block_row = torch.repeat_interleave(torch.arange(n_rb), counts.long())
-        rows = block_row[:, None] * rb + torch.arange(rb)[None, :]  # [nnz, rb] output row
-        cols = col_idx.long()[:, None] * cb + torch.arange(cb)[None, :]  # [nnz, cb] input column
-        real = (rows < out_features)[:, :, None] & (cols < in_features)[:, None, :]
-        if bool((values.ne(0) & ~real).any()):
-            _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
-        row_sums = values.sum(dim=2, dtype=torch.int64)
-        in_layer = rows < out_features
-        expected_sum.index_add_(0, rows[in_layer], row_sums[in_layer])
+    # From here on every tensor's size is backed by `values`/`col_idx` memory.
+    expected_sum = torch.zeros(out_features, dtype=torch.int64) if w_sum is not None else None
+    chunk = max(1, _CHUNK_WEIGHTS // (rb * cb))
+    row_starts = row_ptr.long()
+    for begin in range(0, nnz, chunk):
+        end = min(nnz, begin + chunk)
+        _check_block_chunk(values[begin:end], col_idx[max(begin - 1, 0):end], row_starts, begin,
+                           n_cb, out_features, in_features, expected_sum)
+    if w_sum is None:
+        return
     if bool((expected_sum.abs() > torch.iinfo(torch.int32).max).any()):
         _fail("w_sum", "would overflow int32: in_features is too large for int8 row sums")
     if not torch.equal(expected_sum.to(torch.int32), w_sum):
         _fail("w_sum", "does not equal the row sums of the int8 weights")
+
+
+def _check_block_chunk(values, col_idx, row_starts, begin, n_cb, out_features, in_features, expected_sum):
+    """The O(blocks) checks of validate_packed on the blocks [begin, begin + len(values)).
+
+    col_idx starts one block earlier when begin > 0 (for the order check across the chunk
+    boundary); row_starts is row_ptr as int64. Adds each stored row's sum into expected_sum.
+    """
+    nnz, rb, cb = values.shape
+    cols_all = col_idx.long()
+    if int(cols_all.min()) < 0 or int(cols_all.max()) >= n_cb:
+        _fail("col_idx", f"holds a block column outside [0, {n_cb})")
+    # The row block of each block j: the i with row_ptr[i] <= j < row_ptr[i + 1].
+    first = begin - (len(cols_all) - nnz)
+    index = torch.arange(first, begin + nnz)
+    block_row = torch.searchsorted(row_starts, index, right=True) - 1
+    # Strictly increasing inside each row block (so no block is counted twice).
+    same_row = block_row[1:] == block_row[:-1]
+    if bool(((cols_all[1:] <= cols_all[:-1]) & same_row).any()):
+        _fail("col_idx", "must be strictly increasing within each row block")
+    block_row, cols_all = block_row[-nnz:], cols_all[-nnz:]
+    if bool((values == -128).any()):
+        _fail("values", "must lie in [-127, 127] (symmetric int8)")
+    # Padding (rows >= out_features, columns >= in_features) must hold zeros. Checked on
+    # the stored blocks only: a dense padded copy would scale with the block shape, which
+    # in a crafted file need not be backed by any memory.
+    rows = block_row[:, None] * rb + torch.arange(rb)[None, :]  # [nnz, rb] output row
+    cols = cols_all[:, None] * cb + torch.arange(cb)[None, :]  # [nnz, cb] input column
+    pad_rows, pad_cols = rows >= out_features, cols >= in_features
+    if bool(pad_rows.any()) and bool(values[pad_rows].ne(0).any()):
+        _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
+    if bool(pad_cols.any()) and bool(values.transpose(1, 2)[pad_cols].ne(0).any()):
+        _fail("values", "holds non-zero weights in the padding beyond the layer's shape")
+    if expected_sum is not None:
+        in_layer = ~pad_rows
+        expected_sum.index_add_(0, rows[in_layer], values.sum(dim=2, dtype=torch.int64)[in_layer])
 
 
 def _as_block(block) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from torch import nn
 
 import sqfx
 from sqfx import PackedFormatError, SparseQuantLinear
-from sqfx.format import validate_packed
+from sqfx.format import PackedLinear, validate_packed
 
 from _packed_cases import OP, assert_same, random_packed, run_op, run_ref
 
@@ -481,3 +481,53 @@ def test_mixed_meta_and_cpu_tensors_raise_instead_of_returning_garbage(op, which
     fake = sqfx.ops._qlinear_dynamic_fake if op == "qlinear_dynamic" else sqfx.ops._qlinear_weight_only_fake
     with pytest.raises(RuntimeError, match="every tensor of the call must be on the same device"):
         fake(x, *args, 22, False)
+
+
+def _wrapping_row_ptr_layer():
+    """row_ptr whose int32 differences wrap around to small positive counts: each is at most
+    n_col_blocks and they end at nnz, but as int64 they sum to 2**32 + nnz blocks."""
+    imax, imin = 2**31 - 1, -2**31
+    return dict(values=torch.ones(1, 1, 4, dtype=torch.int8),
+                row_ptr=torch.tensor([0, imax, imin + 1, -1, 1], dtype=torch.int32),
+                col_idx=torch.tensor([0], dtype=torch.int16), w_scale=torch.ones(4),
+                w_sum=torch.tensor([0, 0, 0, 4], dtype=torch.int32), bias=None), 2**40, 4
+
+
+def test_validate_packed_row_ptr_that_wraps_in_int32_is_refused_cheaply():
+    # Used to pass the checks and make repeat_interleave ask for 32 GiB.
+    tensors, k, n = _wrapping_row_ptr_layer()
+    with pytest.raises(PackedFormatError, match="row_ptr must be non-decreasing"):
+        validate_packed(**tensors, in_features=k, out_features=n)
+    with pytest.raises(PackedFormatError, match="row_ptr must be non-decreasing"):
+        PackedLinear(**tensors, in_features=k, out_features=n).validate()
+    mod = SparseQuantLinear(random_packed(3, 5, (1, 4), 0.5))
+    state = {"values": tensors["values"], "row_ptr": tensors["row_ptr"], "col_idx": tensors["col_idx"],
+             "w_scale": tensors["w_scale"], "w_sum": tensors["w_sum"],
+             "_extra_state": {"format_version": 1, "in_features": k, "out_features": n,
+                              "per_channel": True, "relu": False}}
+    with pytest.raises(RuntimeError, match="row_ptr must be non-decreasing"):
+        mod.load_state_dict(state)
+
+
+_PEAK_SCRIPT = """
+import resource, torch
+from sqfx.format import PackedLinear, validate_packed
+n, n_cb = 1024, 4096  # 1x4 blocks, all stored: values 16 MiB
+values = torch.ones(n * n_cb, 1, 4, dtype=torch.int8)
+col_idx = torch.arange(n_cb, dtype=torch.int16).repeat(n)
+row_ptr = torch.arange(0, n * n_cb + 1, n_cb, dtype=torch.int32)
+w_sum = torch.full((n,), 4 * n_cb, dtype=torch.int32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+validate_packed(values, row_ptr, col_idx, torch.ones(n), w_sum, None, in_features=4 * n_cb, out_features=n)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / values.numel())
+"""
+
+
+def test_validate_packed_peak_memory_on_1x4_blocks_stays_below_twice_values():
+    # Used to peak at ~25x the size of values (int64 index tensors per weight).
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    ratio = float(out.stdout.strip().splitlines()[-1])
+    assert ratio < 2.0, f"validate_packed peaked at {ratio:.1f}x the size of values"
