@@ -100,9 +100,14 @@ def load(path, extra_files: Optional[dict] = None) -> torch.export.ExportedProgr
     return ep
 
 
+_PACKED_ARGS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
+
+
 def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Full `validate_packed` of every packed layer (constant tensors) the program's
-    `sqfx::qlinear_dynamic` calls read; raises PackedFormatError naming the node and tensor."""
+    """Full `validate_packed` of every packed layer (stored tensors) that the program's
+    `sqfx::qlinear_dynamic` and `sqfx::qlinear_weight_only` calls read; raises
+    PackedFormatError naming the call and the tensor. A packed argument computed in the graph
+    instead of stored is refused too: nothing could vouch for it before it reaches the op."""
     from .format import PackedFormatError, validate_packed
 
     lifted = {}
@@ -113,16 +118,32 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
         t = ep.state_dict.get(target, ep.constants.get(target))
         if isinstance(t, torch.Tensor):
             lifted[spec.arg.name] = t
-    op = torch.ops.sqfx.qlinear_dynamic.default
+    ops = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
     for node in ep.graph.nodes:
-        if node.op != "call_function" or node.target is not op:
+        if node.op != "call_function" or node.target not in ops:
             continue
-        args = list(node.args) + [None] * (9 - len(node.args))
-        tensors = [lifted.get(a.name) if isinstance(a, torch.fx.Node) else a for a in args[1:7]]
-        if any(t is None for t in tensors[:5]) or (isinstance(args[6], torch.fx.Node) and tensors[5] is None):
-            continue  # computed in the graph, not a stored layer
+        names = [a.name for a in node.target._schema.arguments]
+        args = dict(zip(names, node.args), **node.kwargs)
+        tensors = {}
+        for name in _PACKED_ARGS:
+            if name not in names:  # the weight-only op has no w_sum
+                tensors[name] = None
+                continue
+            arg = args.get(name)
+            if isinstance(arg, torch.fx.Node):
+                if arg.name not in lifted:
+                    raise PackedFormatError(f"sqfx packed format: {name} of the program's call {node.name} is "
+                                            "computed in the graph, not a stored tensor: it cannot be validated")
+                arg = lifted[arg.name]
+            elif arg is not None or name != "bias":
+                raise PackedFormatError(f"sqfx packed format: {name} of the program's call {node.name} "
+                                        f"is not a tensor: {arg!r}")
+            tensors[name] = arg
+        if "w_sum" in names and tensors["w_sum"] is None:
+            raise PackedFormatError(f"sqfx packed format: w_sum of the program's call {node.name} is missing")
+        out_features = tensors["w_scale"].numel() if isinstance(tensors["w_scale"], torch.Tensor) else -1
         try:
-            validate_packed(*tensors, in_features=args[7], out_features=int(tensors[3].numel()))
+            validate_packed(**tensors, in_features=args.get("in_features"), out_features=int(out_features))
         except PackedFormatError as e:
             raise PackedFormatError(f"{e} (in the program's call {node.name})") from None
     return ep

@@ -57,9 +57,9 @@ class Archive:
 def exported_mlp(tmp_path, activation="dynamic_int8", name="ok.pt2"):
     """A two-layer sqfx model exported and saved; returns (path, model input, expected output)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).eval()  # GELU: no exact zeros
     x = torch.randn(3, 16)
-    ep = sqfx.export(model, (x,), {"activation": activation})
+    ep = sqfx.export(model, (x,), {"activation": activation, "target_sparsity": 0.5, "layout": "sparse"})
     path = tmp_path / name
     sqfx.save(ep, path)
     return path, x, ep.module()(x)

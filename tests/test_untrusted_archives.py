@@ -19,3 +19,32 @@ def test_meta_device_edit_is_refused_at_run_time_after_plain_torch_export_load(t
     program = torch.export.load(tmp_path / "meta.pt2")  # torch itself does not object
     with pytest.raises(RuntimeError, match="is on meta but input is on cpu"):
         program.module()(x)
+
+
+def _tamper_col_idx(t):
+    t[1] = t[0]  # a duplicate block column: in range, so the op itself cannot see it
+
+
+def _tamper_values(t):
+    t.view(-1)[t.view(-1).ne(0).nonzero()[0]] = -128
+
+
+def _tamper_row_ptr(t):
+    t[1:-1] = t[-1]  # every block moved to row block 0
+
+
+@pytest.mark.parametrize("tensor,tamper,message", [
+    ("col_idx", _tamper_col_idx, "col_idx must be strictly increasing"),
+    ("values", _tamper_values, r"values must lie in \[-127, 127\]"),
+    ("row_ptr", _tamper_row_ptr, "row_ptr gives a row block more than"),
+])
+def test_sqfx_load_validates_weight_only_layers(tmp_path, tensor, tamper, message):
+    path, x, expected = exported_mlp(tmp_path, "weight_only")
+    program = torch.export.load(path)
+    name = sorted(k for k in program.state_dict if k.endswith("_" + tensor))[-1]  # the last layer: no ReLU after it
+    tamper(program.state_dict[name])
+    torch.export.save(program, tmp_path / "bad.pt2")
+    # The op accepts the tampered layer (memory-safe), and the output silently changes:
+    assert not torch.equal(torch.export.load(tmp_path / "bad.pt2").module()(x), expected)
+    with pytest.raises(sqfx.PackedFormatError, match=f"{message}.*in the program's call qlinear_weight_only"):
+        sqfx.load(tmp_path / "bad.pt2")
