@@ -24,9 +24,10 @@ import torch
 FORMAT_VERSION = 1
 _INT16_MAX = torch.iinfo(torch.int16).max
 
-# Fast kernels accumulate in int32: exact up to this many padded input features
-# (csrc/kernels/kernels.h kMaxInt32InFeatures); above it the op runs the generic kernel.
-MAX_INT32_IN_FEATURES = 2147483647 // (255 * 127)
+# Fast kernels accumulate in int32: exact up to this many padded input features for any
+# w_sum the op accepts (csrc/kernels/kernels.h kMaxInt32InFeatures); above it the op runs
+# the generic kernel.
+MAX_INT32_IN_FEATURES = 2147483647 // (2 * 255 * 127)
 
 # layout="auto" in pack(): below these block sparsities the dense layout is faster than the
 # sparse kernel for that block shape (calibrated with tools/kernel_timing.py --crossover,

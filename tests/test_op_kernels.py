@@ -217,7 +217,8 @@ def test_fast_kernels_reject_out_of_range_column(isa, block, m):
 
 def test_int32_limit_falls_back_to_int64_kernel():
     """Above MAX_INT32_IN_FEATURES the dispatcher must use the exact int64 generic kernel."""
-    k = MAX_INT32_IN_FEATURES + 4
+    assert pack(torch.ones(2, MAX_INT32_IN_FEATURES + 4)).kernel == "bsr_generic"
+    k = 2 * MAX_INT32_IN_FEATURES + 8  # valid params whose accumulators pass int32
     n = 2
     w = torch.full((n, k), 1.0)
     w[1] = -1.0
@@ -227,3 +228,20 @@ def test_int32_limit_falls_back_to_int64_kernel():
     acc, _ = reference.accumulators(x, *p.tensors()[:3], p.w_sum, n, k)
     assert int(acc.abs().max()) > 2**31 - 1
     check_all_isas(p, x, relu=False)
+
+
+@pytest.mark.parametrize("block,layout", [((1, 4), "sparse"), ((1, 4), "dense"), ((8, 1), "sparse")])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_tampered_w_sum_in_the_accepted_bound_is_exact_on_every_kernel_path(block, layout, rows):
+    # Issue 13.4: |w_sum| <= 127 * K passes the op's entry check, but acc - zp * w_sum then
+    # reaches ~2 * 255 * 127 * K, past int32 once K_pad > 33,155: the int32 kernels wrapped.
+    k, n = 40_000, 8
+    p = sqfx.pack(torch.full((n, k), 1.0), block=block, layout=layout)  # every weight 127
+    p.w_sum = torch.full((n,), -127 * k, dtype=torch.int32)
+    x = torch.zeros(rows, k)
+    x[:, 0] = -1.0  # zero point 255; q = 255 everywhere else
+    expected = reference.qlinear_dynamic(x, *p.tensors(), k, False)
+    assert float(expected.abs().max()) > 2**31 * float(p.w_scale[0]) / 255  # past int32
+    for isa in sqfx.ops.available_isas():
+        with sqfx.ops.force_isa(isa):
+            assert torch.equal(torch.ops.sqfx.qlinear_dynamic(x, *p.tensors(), k, False), expected), isa

@@ -39,10 +39,13 @@ void quantize_rows(const float* x, int64_t K, int64_t m_begin, int64_t m_end,
 bool bsr_generic(const QuantizedRows& a, const BsrWeight& w, float* out,
                  bool relu, int64_t rb_begin, int64_t rb_end);
 
-// |sum_k (q - zp) * w| <= K_padded * 255 * 127: int32 accumulators are exact
-// up to this many (padded) input features. Kernels that accumulate in int32
-// may only run below it; the generic kernel accumulates in int64.
-constexpr int64_t kMaxInt32InFeatures = 2147483647LL / (255 * 127);
+// int32 kernels compute acc = sum_k q * w (|acc| <= K_padded * 255 * 127) and
+// then acc - zp * w_sum. The op accepts any |w_sum| <= 127 * in_features (a
+// tampered w_sum need not be the true row sum), so |acc - zp * w_sum| can reach
+// 2 * 255 * 127 * K_padded. int32 arithmetic (exact modulo 2^32) gives that
+// value exactly only while it fits int32: fast kernels may only run up to this
+// many padded input features; above it the dispatcher runs the int64 generic kernel.
+constexpr int64_t kMaxInt32InFeatures = 2147483647LL / (2 * 255 * 127);
 
 // Shared epilogue: y = float(acc - zp * w_sum) * (a_scale * w_scale) + bias.
 // acc is the exact integer accumulator; float() rounds to nearest.
