@@ -8,6 +8,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
+
+#include "check.h"
 
 namespace sqfx {
 
@@ -21,7 +24,18 @@ struct CheckedPacked {
   const float* bias;  // or nullptr
   int64_t N, K, nnz;
   int64_t row_block, col_block, n_row_blocks, n_col_blocks;
+  // Aligned copies of tensors that were not (see aligned()); the pointers above may
+  // point into them, so a CheckedPacked must outlive the kernel call.
+  std::vector<torch::stable::Tensor> copies;
 };
+
+// The kernels load int32 / float words and 4-byte groups of int8 weights straight
+// from the tensors' memory. A crafted file can start a tensor at any byte (an int8
+// record with storage_offset 1): such a tensor is copied to fresh memory, aligned
+// to kAlignment, and the copy kept in *copies. Tensors sqfx makes never need it.
+constexpr uintptr_t kAlignment = 64;
+const torch::stable::Tensor& aligned(const torch::stable::Tensor& t,
+                                     std::vector<torch::stable::Tensor>* copies);
 
 // The torch spelling of a dtype ("torch.int8"), for error messages.
 const char* dtype_name(torch::headeronly::ScalarType t);
@@ -35,8 +49,8 @@ CheckedPacked check_packed(const char* op, const torch::stable::Tensor& values,
                            const torch::stable::Tensor& w_scale,
                            const std::optional<torch::stable::Tensor>& bias, int64_t in_features);
 
-// Checks the input against the layer and returns it contiguous (no copy when it
-// already is); *rows = the number of rows of the flattened [rows, K] input.
+// Checks the input against the layer and returns it contiguous and aligned (no
+// copy when it already is); *rows = the number of rows of the flattened [rows, K] input.
 torch::stable::Tensor check_input(const char* op, const torch::stable::Tensor& input,
                                   const CheckedPacked& w, int64_t* rows);
 

@@ -32,9 +32,9 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
                        std::optional<Tensor> bias, int64_t in_features,
                        bool relu) {
   constexpr const char* op = "sqfx.qlinear_dynamic";
-  const CheckedPacked p = check_packed(op, values, row_ptr, col_idx, w_scale, bias, in_features);
+  CheckedPacked p = check_packed(op, values, row_ptr, col_idx, w_scale, bias, in_features);
   check_tensor(op, w_sum, "w_sum", ScalarType::Int, 1);
-  STD_TORCH_CHECK(w_sum.size(0) == p.N, op, ": w_sum has ", w_sum.size(0),
+  SQFX_CHECK(w_sum.size(0) == p.N, op, ": w_sum has ", w_sum.size(0),
                   " entries, expected out_features = ", p.N);
   // O(N): |w_sum| <= 127 * in_features holds for any int8 weights in [-127, 127]
   // with zero padding. Full consistency is O(nnz * block) and checked on load
@@ -42,9 +42,9 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   // zp * w_sum (zp <= 255) inside the exact range the int32 kernels assume, so a
   // tampered w_sum cannot make them wrap around differently from the reference.
   const int64_t w_sum_bound = p.K > INT64_MAX / 127 ? INT64_MAX : 127 * p.K;
-  const int32_t* wsum = w_sum.const_data_ptr<int32_t>();
+  const int32_t* wsum = aligned(w_sum, &p.copies).const_data_ptr<int32_t>();
   for (int64_t n = 0; n < p.N; ++n) {
-    STD_TORCH_CHECK(std::abs(static_cast<int64_t>(wsum[n])) <= w_sum_bound, op, ": w_sum[", n,
+    SQFX_CHECK(std::abs(static_cast<int64_t>(wsum[n])) <= w_sum_bound, op, ": w_sum[", n,
                     "] = ", wsum[n], " cannot be a row sum of int8 weights in [-127, 127] over in_features = ",
                     p.K);
   }
@@ -71,7 +71,7 @@ std::vector<std::string> kernel_isas() {
 std::string active_kernel_isa() { return active_isa_name(); }
 
 std::string set_kernel_isa(std::string isa) {
-  STD_TORCH_CHECK(force_isa(isa.c_str()), "sqfx: kernel ISA '", isa,
+  SQFX_CHECK(force_isa(isa.c_str()), "sqfx: kernel ISA '", isa,
                   "' is not available on this CPU (use 'auto' or one of sqfx.ops.available_isas())");
   return active_isa_name();
 }

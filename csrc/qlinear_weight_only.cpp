@@ -264,7 +264,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
                   : run_kernel(avx2, a, w, static_cast<const int32_t*>(w.col_idx), yp, relu, b, e);
           if (!good) ok.store(false);
         });
-    STD_TORCH_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
+    SQFX_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
                     w.n_col_blocks, ")");
   }
   return torch::stable::reshape(out, out_shape);

@@ -531,3 +531,78 @@ def test_validate_packed_peak_memory_on_1x4_blocks_stays_below_twice_values():
     out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
     ratio = float(out.stdout.strip().splitlines()[-1])
     assert ratio < 2.0, f"validate_packed peaked at {ratio:.1f}x the size of values"
+
+
+def _at_odd_address(t):
+    """The same values in memory that starts one byte past an aligned address."""
+    raw = torch.empty(t.numel() * t.element_size() + 1, dtype=torch.uint8)
+    view = raw[1:].view(t.dtype).view(t.shape) if t.element_size() == 1 else \
+        torch.frombuffer(memoryview(raw.numpy())[1:], dtype=t.dtype).view(t.shape)
+    view.copy_(t)
+    assert view.data_ptr() % 2 == 1
+    return view, raw
+
+
+@pytest.mark.parametrize("name", ["values", "x", "w_scale", "row_ptr"])
+@pytest.mark.parametrize("block,layout", [((1, 4), "sparse"), ((1, 4), "dense"), ((8, 1), "sparse")])
+def test_tensors_at_odd_addresses_compute_the_reference(name, block, layout):
+    # Issue 13.6: the kernels load int32 words from values (UBSan: misaligned load when a .pt2
+    # gives values storage_offset 1); the op copies such tensors to aligned memory first.
+    p = sqfx.pack(torch.randn(24, 40), block=block, layout=layout, bias=torch.randn(24))
+    x = torch.randn(6, 40)
+    expected = run_ref(p, x)
+    keep = []
+    if name == "x":
+        x, raw = _at_odd_address(x)
+    else:
+        moved, raw = _at_odd_address(getattr(p, name))
+        setattr(p, name, moved)
+    keep.append(raw)
+    for isa in sqfx.ops.available_isas():
+        with sqfx.ops.force_isa(isa):
+            for rows in (1, 6):
+                assert_same(run_op(p, x[:rows]), expected[:rows])
+
+
+@pytest.mark.parametrize("call", [
+    lambda p, x: OP(x, p.values, p.row_ptr.flip(0).contiguous(), p.col_idx, p.w_scale, p.w_sum, p.bias, 13, False),
+    lambda p, x: OP(x, p.values, p.row_ptr, torch.full_like(p.col_idx, 999), p.w_scale, p.w_sum, p.bias, 13, False),
+    lambda p, x: torch.ops.sqfx.qlinear_weight_only(x, p.values, p.row_ptr, torch.full_like(p.col_idx, 999),
+                                                    p.w_scale, p.bias, 13, False),
+    lambda p, x: torch.ops.sqfx._set_kernel_isa("no-such-isa"),
+])
+def test_op_messages_name_the_problem_without_build_machine_paths(call):
+    p = random_packed(9, 13, (1, 4), 0.7)
+    with pytest.raises(RuntimeError) as info:
+        call(p, torch.randn(3, 13))
+    message = str(info.value)
+    assert message.startswith("sqfx"), message  # not "qlinear_dynamic, /path/to/csrc/...cpp:42, "
+    assert ".cpp" not in message and "csrc" not in message, message
+
+
+_SCRATCH_SCRIPT = """
+import torch, sqfx
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+cb = 1 << 22  # one 1 x 4M block (4 MiB of values) for a layer with in_features = 4
+values = torch.zeros(1, 1, cb, dtype=torch.int8)
+values[0, 0, :4] = torch.tensor([1, 2, 3, 4], dtype=torch.int8)
+args = (values, torch.tensor([0, 1], dtype=torch.int32), torch.zeros(1, dtype=torch.int16),
+        torch.ones(1), torch.tensor([10], dtype=torch.int32), None, 4, False)
+x = torch.ones(16, 4)
+before = rss()
+y = torch.ops.sqfx.qlinear_dynamic(x, *args)  # 16 rows x 4 Mi padded columns of scratch
+print((rss() - before) / 2**20, float(y[0, 0]))
+"""
+
+
+def test_scratch_of_a_crafted_wide_block_is_released_after_the_call():
+    # Issue 13.7: the thread-local activation scratch (M x padded in_features bytes) only grew,
+    # so one call on a crafted wide block kept 64 MiB per thread for the rest of the process.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    kept_mib, y = (float(v) for v in out.stdout.split())
+    assert kept_mib < 24, f"the call left {kept_mib:.0f} MiB of scratch behind"

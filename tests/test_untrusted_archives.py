@@ -48,3 +48,20 @@ def test_sqfx_load_validates_weight_only_layers(tmp_path, tensor, tamper, messag
     assert not torch.equal(torch.export.load(tmp_path / "bad.pt2").module()(x), expected)
     with pytest.raises(sqfx.PackedFormatError, match=f"{message}.*in the program's call qlinear_weight_only"):
         sqfx.load(tmp_path / "bad.pt2")
+
+
+@pytest.mark.parametrize("activation", ["dynamic_int8", "weight_only"])
+def test_values_at_storage_offset_one_compute_the_same_output(tmp_path, activation):
+    # Issue 13.6: an int8 record read from byte 1 gives values at an odd address (UBSan flagged
+    # the kernels' int32 loads); the op copies it to aligned memory.
+    path, x, expected = exported_mlp(tmp_path, activation)
+    archive = Archive(path)
+    for fqn in layer_fqns(archive, "values"):
+        record = archive.record_of(fqn)
+        archive.records[record] = b"\x00" + archive.records[record]
+        archive.edit_meta(fqn, lambda e: e["tensor_meta"].update(storage_offset={"as_int": 1}))
+    archive.write(tmp_path / "offset.pt2")
+    for load in (torch.export.load, sqfx.load):
+        program = load(tmp_path / "offset.pt2")
+        assert all(program.state_dict[f].data_ptr() % 2 == 1 for f in layer_fqns(archive, "values"))
+        assert torch.equal(program.module()(x), expected)

@@ -16,7 +16,8 @@
 // Threads: over output row blocks (and chunks of input rows for the panel
 // kernels) with torch::stable::parallel_for, only when the call holds at least
 // kMinParallelWork multiply-adds, so small layers pay no thread hand-off.
-// Scratch buffers are thread_local and only grow: no allocation per call.
+// Scratch buffers are thread_local and only grow up to 16 MB (no allocation per
+// call); a call that needed more releases them at its end.
 #include <torch/csrc/stable/ops.h>
 #include <torch/headeronly/util/Exception.h>
 
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "../check.h"
 #include "kernels.h"
 
 namespace sqfx {
@@ -71,6 +73,18 @@ struct Scratch {
 };
 thread_local Scratch tls;
 
+// Scratch is M x padded in_features bytes, and a crafted layer (one wide block
+// backed by its values) can make that far larger than anything it keeps. Past
+// this size the buffers are released when the call ends (also when it raises),
+// so no thread holds a huge buffer for the rest of the process; calls below it
+// keep theirs (no allocation per call).
+constexpr size_t kKeepScratchBytes = size_t{16} << 20;
+struct ReleaseLargeScratch {
+  ~ReleaseLargeScratch() {
+    if (tls.q.capacity() + 8 * tls.scale.capacity() > kKeepScratchBytes) tls = Scratch{};
+  }
+};
+
 template <typename T>
 T* grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -96,7 +110,7 @@ using PanelKernel = bool (*)(const PanelRows&, int64_t, const BsrWeight&, float*
                              int64_t);
 
 void raise_bad_col(const BsrWeight& w) {
-  STD_TORCH_CHECK(false, "sqfx.qlinear_dynamic: col_idx holds a block column index outside [0, ",
+  SQFX_CHECK(false, "sqfx.qlinear_dynamic: col_idx holds a block column index outside [0, ",
                   w.n_col_blocks, ")");
 }
 
@@ -137,6 +151,7 @@ const char* active_isa_name() { return kIsaNames[static_cast<int>(current_isa())
 
 void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
   if (M <= 0 || w.N <= 0) return;
+  const ReleaseLargeScratch release;
   const int64_t K = w.K, cb = w.col_block, rb = w.row_block;
   const int64_t ld = w.n_col_blocks * cb;
   const Isa isa = ld <= kMaxInt32InFeatures ? current_isa() : Isa::kGeneric;
