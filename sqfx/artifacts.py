@@ -84,17 +84,32 @@ def save(ep: torch.export.ExportedProgram, path, extra_files: Optional[dict] = N
 
 
 def load(path, extra_files: Optional[dict] = None) -> torch.export.ExportedProgram:
-    """`torch.export.load` with the sqfx op registered (this module's import registers it).
+    """Loads a .pt2 saved by `sqfx.save` / `torch.export.save`, safe for untrusted files.
 
-    A load that still fails on an sqfx op (e.g. a .pt2 made by a newer sqfx whose op schema this
-    one lacks) is re-raised naming the cause.
+    Before torch reads anything, `sqfx.archive.inspect_archive` checks the archive's metadata
+    and refuses (UnsafeArchiveError, naming the record) whatever would make torch unpickle,
+    run or allocate beyond the file: pickled records, sizes that a record's bytes cannot back,
+    non-CPU devices, unknown records, unsafe symbolic expressions. The program is then read
+    with torch's pt2 reader (not `torch.export.load`, which retries a failed file as the legacy
+    pickle format), its graph may call operators only, and every packed layer gets the full
+    `validate_packed` (`validate_program`). `extra_files` is filled as torch.export.load does.
     """
+    from torch.export.pt2_archive._package import load_pt2
+
+    from .archive import check_call_targets, inspect_archive
+
+    inspect_archive(path)
+    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
     try:
-        ep = torch.export.load(path, extra_files=extra_files)
-    except RuntimeError as e:
-        raise RuntimeError(f"sqfx.load({os.fspath(path)!r}) failed: {e}\nIf the log above names "
+        contents = load_pt2(where)
+        ep = contents.exported_programs["model"]
+    except Exception as e:  # noqa: BLE001 (torch raises many types; the caller gets one)
+        raise RuntimeError(f"sqfx.load({where!r}) failed: {type(e).__name__}: {e}\nIf the log above names "
                            f"torch.ops.sqfx.*, the archive needs an op this sqfx does not provide; "
                            f"re-export it with this sqfx version ({_note()}).") from e
+    if extra_files is not None:
+        extra_files.update(contents.extra_files)
+    check_call_targets(ep)
     # The archive is untrusted: the op checks its packed tensors only in O(row blocks) per call.
     validate_program(ep)
     return ep

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sqfx
+import sqfx.archive
 from _pt2_edit import Archive, exported_mlp, layer_fqns
 
 
@@ -65,3 +66,99 @@ def test_values_at_storage_offset_one_compute_the_same_output(tmp_path, activati
         program = load(tmp_path / "offset.pt2")
         assert all(program.state_dict[f].data_ptr() % 2 == 1 for f in layer_fqns(archive, "values"))
         assert torch.equal(program.module()(x), expected)
+
+
+# ---- sqfx.load inspects the archive before torch reads it (issue 13.2) ----
+
+class _TouchOnUnpickle:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def _pickle_bomb(marker) -> bytes:
+    import pickle
+    return pickle.dumps(_TouchOnUnpickle(marker))
+
+
+def _refused(path, message):
+    with pytest.raises(sqfx.archive.UnsafeArchiveError, match=message):
+        sqfx.load(path)
+
+
+def test_pickled_weight_record_is_refused_before_torch_unpickles_it(tmp_path):
+    path, x, _ = exported_mlp(tmp_path)
+    archive = Archive(path)
+    fqn = layer_fqns(archive, "w_scale")[0]
+    archive.records[archive.record_of(fqn)] = _pickle_bomb(tmp_path / "ran")
+    archive.edit_meta(fqn, lambda e: e.update(use_pickle=True))
+    archive.write(tmp_path / "pickle.pt2")
+    _refused(tmp_path / "pickle.pt2", "use_pickle True: torch would unpickle")
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(Exception):
+        torch.export.load(tmp_path / "pickle.pt2")  # torch runs the pickle (then fails on its result)
+    assert (tmp_path / "ran").exists()
+
+
+def test_pickled_sample_inputs_are_refused(tmp_path):
+    path, x, _ = exported_mlp(tmp_path)
+    archive = Archive(path)
+    archive.records["data/sample_inputs/model.pt"] = _pickle_bomb(tmp_path / "ran")
+    archive.write(tmp_path / "inputs.pt2")
+    _refused(tmp_path / "inputs.pt2", "sample_inputs/model.pt: needs the unsafe unpickler")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    # A 0-byte record claiming 8 GiB: torch allocates (and zeroes) the claimed size.
+    (lambda a, f: (a.records.__setitem__(a.record_of(f), b""),
+                   a.edit_meta(f, lambda e: e["tensor_meta"].update(sizes=[{"as_int": 2**33}], strides=[{"as_int": 1}]))),
+     "holds 0 bytes, but entry .* needs 8589934592"),
+    (lambda a, f: a.records.__setitem__(a.record_of(f), a.records[a.record_of(f)][:-1]),
+     "truncated or oversized"),
+    (lambda a, f: a.edit_meta(f, lambda e: e["tensor_meta"].update(strides=[{"as_int": -1}, {"as_int": 1}, {"as_int": 1}])),
+     "strides must be a concrete integer >= 0"),
+    (lambda a, f: a.edit_meta(f, lambda e: e["tensor_meta"].update(strides=[{"as_int": 1}])),
+     "needs as many strides as sizes"),
+    (lambda a, f: a.edit_meta(f, lambda e: e["tensor_meta"].update(requires_grad=True)),
+     "requires_grad True for dtype torch.int8"),
+    (lambda a, f: a.edit_meta(f, lambda e: e["tensor_meta"]["device"].update(type="meta")),
+     "has device .*meta.*CPU only"),
+    (lambda a, f: a.edit_meta(f, lambda e: e["tensor_meta"].update(dtype=99)),
+     "unknown dtype"),
+    (lambda a, f: a.records.__setitem__("data/aotinductor/model/evil.so", b"\x7fELF"),
+     "compiled code"),
+    (lambda a, f: a.records.__setitem__("data/weights/model.pt", b"legacy"),
+     "legacy weights that torch unpickles"),
+])
+@pytest.mark.parametrize("activation", ["dynamic_int8", "weight_only"])
+def test_sqfx_load_names_what_it_refuses(tmp_path, activation, edit, message):
+    path, x, _ = exported_mlp(tmp_path, activation)
+    archive = Archive(path)
+    edit(archive, layer_fqns(archive, "values")[1])
+    archive.write(tmp_path / "bad.pt2")
+    _refused(tmp_path / "bad.pt2", message)
+
+
+def test_symbolic_expression_that_would_run_python_is_refused(tmp_path):
+    from torch.export import Dim
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    ep = sqfx.export(model, (torch.randn(3, 16),), dynamic_shapes=({0: Dim("batch")},))
+    sqfx.save(ep, tmp_path / "dyn.pt2")
+    assert torch.equal(sqfx.load(tmp_path / "dyn.pt2").module()(torch.ones(5, 16)), ep.module()(torch.ones(5, 16)))
+    archive = Archive(tmp_path / "dyn.pt2")
+    text = archive.records["models/model.json"].decode()
+    assert "Symbol('s" in text
+    marker = tmp_path / "ran"
+    evil = f"__import__('pathlib').Path('{marker}').touch()"
+    start = text.index('"expr_str": "') + len('"expr_str": "')
+    end = text.index('"', start)
+    archive.records["models/model.json"] = (text[:start] + evil + text[end:]).encode()
+    archive.write(tmp_path / "expr.pt2")
+    _refused(tmp_path / "expr.pt2", "symbolic expression")
+    assert not marker.exists()
