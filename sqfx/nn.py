@@ -18,6 +18,7 @@ def _check_act_mode(act_mode) -> str:
     return act_mode
 
 
+_INT64_MAX = torch.iinfo(torch.int64).max
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
 # as in torch.ao's quantized linears.
@@ -138,6 +139,11 @@ class SparseQuantLinear(nn.Module):
                 raise PackedFormatError(
                     f"SparseQuantLinear: extra state field {key!r} must be a {kind.__name__}, "
                     f"got {state.get(key)!r}")
+            # The op takes these as int64 (a larger one would load, then fail in forward).
+            if kind is int and not 0 < state[key] <= _INT64_MAX:
+                raise PackedFormatError(
+                    f"SparseQuantLinear: extra state field {key!r} must be a positive int that "
+                    f"fits int64, got {state[key]!r}")
         self._pending_meta = state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

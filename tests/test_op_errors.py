@@ -606,3 +606,16 @@ def test_scratch_of_a_crafted_wide_block_is_released_after_the_call():
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     kept_mib, y = (float(v) for v in out.stdout.split())
     assert kept_mib < 24, f"the call left {kept_mib:.0f} MiB of scratch behind"
+
+
+@pytest.mark.parametrize("in_features", [2**63, 2**70])
+def test_extra_state_in_features_past_int64_is_a_clear_load_error(in_features):
+    # 2**63 used to load and fail in forward ("Expected a value of type 'int' ... found type
+    # 'int'"), 2**70 with a bare OverflowError.
+    mod = SparseQuantLinear(random_packed(3, 5, (1, 4), 0.5))
+    state = mod.state_dict()
+    state["_extra_state"] = {**state["_extra_state"], "in_features": in_features}
+    with pytest.raises(PackedFormatError, match="'in_features' must be a positive int that fits int64"):
+        SparseQuantLinear(random_packed(3, 5, (1, 4), 0.5)).load_state_dict(state)
+    with pytest.raises(PackedFormatError, match="in_features must be a positive int that fits int64"):
+        validate_packed(*mod.packed.tensors(), in_features=in_features, out_features=3)
