@@ -53,7 +53,8 @@ PY
 
 if [[ $# -eq 0 ]]; then
   shopt -s nullglob
-  set -- tests/test_op_*.py tests/test_numeric_limits.py tests/test_concurrency.py tests/test_fuzz_packed.py
+  set -- tests/test_op_*.py tests/test_numeric_limits.py tests/test_concurrency.py tests/test_fuzz_packed.py \
+    tests/test_fuzz_archives.py tests/test_untrusted_archives.py
 fi
 # --capture=sys: sanitizer reports go straight to fd 2, which pytest would otherwise swallow
 # when the process halts.

@@ -154,11 +154,10 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
                 raise PackedFormatError(f"sqfx packed format: {name} of the program's call {node.name} "
                                         f"is not a tensor: {arg!r}")
             tensors[name] = arg
-        if "w_sum" in names and tensors["w_sum"] is None:
-            raise PackedFormatError(f"sqfx packed format: w_sum of the program's call {node.name} is missing")
         out_features = tensors["w_scale"].numel() if isinstance(tensors["w_scale"], torch.Tensor) else -1
         try:
-            validate_packed(**tensors, in_features=args.get("in_features"), out_features=int(out_features))
+            validate_packed(**tensors, in_features=args.get("in_features"), out_features=int(out_features),
+                            weight_only="w_sum" not in names)
         except PackedFormatError as e:
             raise PackedFormatError(f"{e} (in the program's call {node.name})") from None
     return ep

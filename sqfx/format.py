@@ -177,10 +177,12 @@ def _check_features(name, value):
         _fail(name, f"must be a positive int that fits int64, got {value!r}")
 
 
-def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_features, out_features):
+def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_features, out_features,
+                    weight_only=False):
     """Full O(nnz) check of a packed weight (the op itself checks only what is O(rows)).
 
-    w_sum may be None for a weight read by `sqfx::qlinear_weight_only`, which has no w_sum.
+    weight_only=True: the weight of a `sqfx::qlinear_weight_only` call, which reads no w_sum
+    (pass None; a given one is still checked).
     Cheap checks (O(row blocks)) come first, so a crafted file fails before any temporary
     scales with what it claims; the O(nnz) checks then run in bounded chunks of blocks.
     """
@@ -188,7 +190,7 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
     _check(row_ptr, "row_ptr", torch.int32, 1)
     _check(col_idx, "col_idx", (torch.int16, torch.int32), 1)
     _check(w_scale, "w_scale", torch.float32, 1)
-    if w_sum is not None:
+    if w_sum is not None or not weight_only:
         _check(w_sum, "w_sum", torch.int32, 1)
     if bias is not None:
         _check(bias, "bias", torch.float32, 1)

@@ -11,6 +11,11 @@ exception or computes exactly the right result. Never a crash, a hang or garbage
 The same params also go through `SparseQuantLinear.load_state_dict`, which must reject
 them or load a module that computes the reference.
 
+Both ops are fuzzed: `sqfx::qlinear_weight_only` (same packed weight, no w_sum, fp32
+activations) must match its block model within float32 summation error (it is not bit-exact
+by design) on both of its kernels (AVX2, and SQFX_WEIGHT_ONLY_KERNEL=generic); its cases keep
+the input finite (NaN propagation across unstored blocks is its own open item).
+
 Profiles (env SQFX_FUZZ_PROFILE): "ci" (default, 300 cases) and "long" (10,000 cases);
 SQFX_FUZZ_EXAMPLES overrides the count. Run with --hypothesis-show-statistics to see how
 the cases split between the outcomes.
@@ -45,6 +50,23 @@ REJECTED = (RuntimeError, ValueError, TypeError)
 ISAS = list(sqfx.ops.available_isas()) if hasattr(sqfx.ops, "available_isas") else ["auto"]
 
 
+WO = torch.ops.sqfx.qlinear_weight_only
+WO_KERNELS = ["avx2", "generic"]
+
+
+@contextlib.contextmanager
+def _weight_only_kernel(kernel):
+    before = os.environ.get("SQFX_WEIGHT_ONLY_KERNEL")
+    os.environ["SQFX_WEIGHT_ONLY_KERNEL"] = kernel
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SQFX_WEIGHT_ONLY_KERNEL"]
+        else:
+            os.environ["SQFX_WEIGHT_ONLY_KERNEL"] = before
+
+
 def _kernel_path(isa):
     return sqfx.ops.force_isa(isa) if isa != "auto" else contextlib.nullcontext()
 FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
@@ -77,6 +99,42 @@ def block_model(x, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, 
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
     return y.reshape(*x.shape[:-1], n)
+
+
+def block_model_weight_only(x, values, row_ptr, col_idx, w_scale, bias, in_features, relu):
+    """block_model for the weight-only op, in float64: (y, bound on |float32 error|)."""
+    nnz, rb, cb = values.shape
+    n, k = w_scale.numel(), in_features
+    x2 = x.reshape(-1, k).double()
+    w_pad = torch.zeros(-(-n // rb) * rb, -(-k // cb) * cb, dtype=torch.float64)
+    if nnz:
+        n_rb = -(-n // rb)
+        block_row = torch.repeat_interleave(torch.arange(n_rb), (row_ptr[1:] - row_ptr[:-1]).long())
+        rows = (block_row[:, None] * rb + torch.arange(rb))[:, :, None].expand(nnz, rb, cb)
+        cols = (col_idx.long()[:, None] * cb + torch.arange(cb))[:, None, :].expand(nnz, rb, cb)
+        w_pad.index_put_((rows.reshape(-1), cols.reshape(-1)), values.double().reshape(-1), accumulate=True)
+    w = w_pad[:n, :k]  # the activation padding is zero: columns past k add nothing
+    scale = w_scale.double()[None, :]
+    y = (x2 @ w.T) * scale
+    bound = (x2.abs() @ w.abs().T) * scale * 1e-5 + 1e-30
+    if bias is not None:
+        y = y + bias.double()
+        bound = bound + bias.double().abs() * 1e-6
+    if relu:
+        y = y.clamp_min(0)
+    return y.reshape(*x.shape[:-1], n), bound.reshape(*x.shape[:-1], n)
+
+
+def assert_close_weight_only(out, expected, bound):
+    """Within the float32 error bound; NaN and infinities (from a NaN/Inf bias or a huge scale)
+    in the same places."""
+    assert out.shape == expected.shape and out.dtype == torch.float32, (out.shape, expected.shape)
+    out = out.double()
+    assert torch.equal(out.isnan(), expected.isnan()), "NaN positions differ"
+    special = expected.isinf() | ~bound.isfinite() | expected.isnan()
+    assert torch.equal(out[expected.isinf()], expected[expected.isinf()]), "infinities differ"
+    err = (out - expected).abs()[~special]
+    assert bool((err <= bound[~special]).all()), "weight-only result off past the float32 error bound"
 
 
 # ---- mutations: each takes (draw, case dict) and edits the case in place ----
@@ -266,8 +324,9 @@ def cases(draw):
     if draw(st.booleans()):
         p.col_idx = p.col_idx.int()  # both index widths are valid
     lead = draw(st.sampled_from([(), (0,), (1,), (3,), (2, 5), (17,)]))
-    c = dict(zip(FIELDS, p.tensors()), in_features=k, x=torch.randn(*lead, k),
-             relu=draw(st.booleans()), isa=draw(st.sampled_from(ISAS)))
+    op = draw(st.sampled_from(["dynamic", "weight_only"]))
+    c = dict(zip(FIELDS, p.tensors()), in_features=k, x=torch.randn(*lead, k), relu=draw(st.booleans()),
+             op=op, isa=draw(st.sampled_from(ISAS if op == "dynamic" else WO_KERNELS)))
     applied = []
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3]))):
         mutation = draw(st.sampled_from(MUTATIONS))
@@ -280,8 +339,12 @@ def cases(draw):
 
 
 def _is_valid(c):
+    tensors = [c[f] for f in FIELDS]
+    weight_only = c["op"] == "weight_only"
+    if weight_only:
+        tensors[FIELDS.index("w_sum")] = None  # the weight-only op reads no w_sum
     try:
-        validate_packed(*(c[f] for f in FIELDS), in_features=c["in_features"],
+        validate_packed(*tensors, in_features=c["in_features"], weight_only=weight_only,
                         out_features=int(c["w_scale"].numel()) if isinstance(c["w_scale"], torch.Tensor) else -1)
         return True
     except PackedFormatError:
@@ -297,11 +360,14 @@ def _check_load(c):
     sd = {"values": c["values"], "row_ptr": c["row_ptr"], "col_idx": c["col_idx"],
           "w_scale": c["w_scale"], "w_sum": c["w_sum"],
           "_extra_state": {"format_version": 1, "in_features": c["in_features"], "out_features": n,
-                           "per_channel": True, "relu": c["relu"]}}
+                           "per_channel": True, "relu": c["relu"],
+                           "act_mode": "weight_only" if c["op"] == "weight_only" else "dynamic_int8"}}
     if c["bias"] is not None:
         sd["fp32_bias"] = c["bias"]
     # load_state_dict takes contiguous copies, so strided tensors are fine there.
-    valid = _is_valid({f: (c[f].contiguous() if isinstance(c[f], torch.Tensor) else c[f]) for f in c})
+    # (the module stores w_sum in either mode, so it is validated as for the dynamic op)
+    valid = _is_valid({**{f: (c[f].contiguous() if isinstance(c[f], torch.Tensor) else c[f]) for f in c},
+                       "op": "dynamic"})
     try:
         mod.load_state_dict(sd)
     except (RuntimeError, PackedFormatError):
@@ -311,7 +377,13 @@ def _check_load(c):
     x = c["x"]
     if isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() >= 1 \
             and x.shape[-1] == c["in_features"]:
-        assert_same(mod(x), reference.qlinear_dynamic(x, *mod.packed.tensors(), c["in_features"], c["relu"]))
+        if c["op"] == "weight_only":
+            p = mod.packed
+            expected, bound = block_model_weight_only(x, p.values, p.row_ptr, p.col_idx, p.w_scale, p.bias,
+                                                      c["in_features"], c["relu"])
+            assert_close_weight_only(mod(x), expected, bound)
+        else:
+            assert_same(mod(x), reference.qlinear_dynamic(x, *mod.packed.tensors(), c["in_features"], c["relu"]))
 
 
 @pytest.mark.slow
@@ -319,25 +391,44 @@ def _check_load(c):
 @given(cases())
 def test_fuzz_packed_params(case):
     c, applied = case
-    event(f"kernel path {c['isa']}")
+    event(f"{c['op']} kernel path {c['isa']}")
+    if c["op"] == "weight_only":
+        x = c["x"]
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            c["x"] = torch.nan_to_num(x, nan=0.5, posinf=2.0, neginf=-2.0)
+        with _weight_only_kernel(c["isa"]):
+            _check_case(c)
+        return
     with _kernel_path(c["isa"]):
         _check_case(c)
+
+
+def _call(c):
+    if c["op"] == "weight_only":
+        return WO(c["x"], c["values"], c["row_ptr"], c["col_idx"], c["w_scale"], c["bias"], c["in_features"], c["relu"])
+    return OP(c["x"], *(c[f] for f in FIELDS), c["in_features"], c["relu"])
 
 
 def _check_case(c):
     valid = _is_valid(c)
     try:
-        out = OP(c["x"], *(c[f] for f in FIELDS), c["in_features"], c["relu"])
+        out = _call(c)
     except REJECTED as e:
         event("rejected by the op")
         x = c["x"]
         good_input = (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() >= 1
                       and x.shape[-1] == c["in_features"])
         assert not (valid and good_input), f"the op rejected valid params: {e}"
-        assert "sqfx" in str(e) or "qlinear_dynamic" in str(e) or "expected" in str(e).lower(), str(e)
+        assert "sqfx" in str(e) or "qlinear_" in str(e) or "expected" in str(e).lower(), str(e)
         _check_load(c)
         return
     event("accepted, valid" if valid else "accepted by the op, rejected by validate_packed")
+    if c["op"] == "weight_only":
+        expected, bound = block_model_weight_only(c["x"], c["values"], c["row_ptr"], c["col_idx"], c["w_scale"],
+                                                  c["bias"], c["in_features"], c["relu"])
+        assert_close_weight_only(out, expected, bound)
+        _check_load(c)
+        return
     expected = block_model(c["x"], *(c[f] for f in FIELDS), c["in_features"], c["relu"])
     assert_same(out, expected)
     if valid:
