@@ -22,6 +22,7 @@ SQFX_FUZZ_EXAMPLES overrides.
 """
 from __future__ import annotations
 
+import collections
 import os
 import resource
 
@@ -52,6 +53,16 @@ _FIXED_SLACK = 64 << 20
 # ASan keeps freed memory in quarantine (and shadows it): RSS says nothing there.
 _MEASURE_RSS = "libasan" not in os.environ.get("LD_PRELOAD", "")
 _OPS = {torch.ops.sqfx.qlinear_dynamic.default: "dynamic", torch.ops.sqfx.qlinear_weight_only.default: "weight_only"}
+
+
+TALLY = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_tally():
+    """Counts of cases, edits and outcomes, printed at the end (run with -s to see them)."""
+    yield
+    print("\narchive fuzz tally:", dict(sorted(TALLY.items())))
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +208,7 @@ def _check_layers(program, strict):
                     assert not strict, f"sqfx.load accepted a layer the op refuses: {e}"
                     assert "sqfx" in str(e) or "expected" in str(e).lower(), str(e)
                     event("plain load: op refused a layer")
+                    TALLY["plain load: op refused a layer"] += 1
                     break
             if kind == "weight_only":
                 expected, bound = block_model_weight_only(x, *tensors[:4], tensors[5], k, relu)
@@ -221,8 +233,12 @@ def test_fuzz_archives(bases, tmp_path_factory, data):
     mode = data.draw(st.sampled_from(["dynamic_int8", "weight_only"]))
     base, x = bases[mode]
     archive = _copy(base)
+    TALLY["cases"] += 1
     for _ in range(data.draw(st.sampled_from([1, 1, 2, 3]))):
-        event(data.draw(st.sampled_from(EDITS))(data.draw, archive))
+        edit = data.draw(st.sampled_from(EDITS))(data.draw, archive)
+        event(edit)
+        TALLY["mutations"] += 1
+        TALLY[edit.split(":")[0]] += 1
     path = tmp_path_factory.mktemp("case") / "case.pt2"
     archive.write(path)
     size = path.stat().st_size
@@ -233,17 +249,23 @@ def test_fuzz_archives(bases, tmp_path_factory, data):
     except REFUSED as e:
         refusal = str(e)
         event(f"sqfx.load refused: {type(e).__name__}")
+        TALLY[f"sqfx.load refused: {type(e).__name__}"] += 1
     grown = _maxrss() - before
     assert not _MEASURE_RSS or grown <= 4 * size + _FIXED_SLACK, f"sqfx.load grew the process by {grown} bytes"
+    TALLY["max sqfx.load RSS growth (bytes)"] = max(TALLY["max sqfx.load RSS growth (bytes)"], grown)
     if refusal is None:
         event("sqfx.load accepted")
+        TALLY["sqfx.load accepted"] += 1
         _check_layers(program, strict=True)
         program.module()(x)
-    if refusal is not None and any(h in refusal for h in TORCH_HOLES):
+        return  # torch.export.load reads the same tensors: nothing new to check
+    if any(h in refusal for h in TORCH_HOLES):
         return
     try:
         plain = torch.export.load(path)
     except Exception:  # noqa: BLE001 (torch's own errors for a malformed file are its business)
         event("torch.export.load raised")
+        TALLY["torch.export.load raised"] += 1
         return
+    TALLY["torch.export.load loaded (layers checked against the block model)"] += 1
     _check_layers(plain, strict=False)
