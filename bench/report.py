@@ -116,7 +116,7 @@ def wonly_rows(results) -> tuple[list[str], list[list[str]]]:
 
 
 _TEXT_COLUMNS = ("shape", "impl", "implementation", "best peer", "sqfx kernel", "target", "variant", "group",
-                 "worst cell", "category", "verdict", "what")
+                 "worst cell", "category", "verdict", "what", "detail", "ops counted")
 
 
 def _md_table(head, rows) -> str:

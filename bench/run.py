@@ -67,8 +67,10 @@ def parse_args(argv):
     p.add_argument("--threads", type=_csv(int), help="thread counts, e.g. 1,2 (default 2: the targets' count)")
     p.add_argument("--ms", type=_csv(int), help="batch sizes M, e.g. 1,8,32,128")
     p.add_argument("--sparsities", type=_csv(float), help="1x4 block sparsities, e.g. 0,0.5,0.9")
-    p.add_argument("--out", type=Path, default=REPO / "docs", help="directory for the reports (see bench/docs.py)")
-    p.add_argument("--budget-s", type=float, default=420.0,
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the reports (see bench/docs.py); default docs/, or a temp dir with --quick "
+                        "(quick numbers never land in docs/ by accident)")
+    p.add_argument("--budget-s", type=float, default=300.0,
                    help="seconds of timing for the kernel grid, spread over its (shape, threads, M) groups")
     p.add_argument("--stream-l3-multiple", type=float, default=3.0,
                    help="working set of the DRAM-streamed batch-1 runs, in multiples of the L3 size")
@@ -77,7 +79,7 @@ def parse_args(argv):
     p.add_argument("--no-plot", action="store_true", help="don't write the PNG")
     p.add_argument("--e2e-sparsities", type=_csv(float), help="sqfx sparsities of the MiniLM section (default 0,0.5,0.8,0.9)")
     p.add_argument("--e2e-shapes", type=_csv(str), help="batch x seq list, e.g. 1x128,8x128,32x128")
-    p.add_argument("--e2e-budget-s", type=float, default=150.0, help="seconds of timing for the MiniLM latencies")
+    p.add_argument("--e2e-budget-s", type=float, default=90.0, help="seconds of timing for the MiniLM latencies")
     p.add_argument("--no-compile", action="store_true", help="MiniLM: leave out the torch.compile rows")
     p.add_argument("--note", default="", help="free text for the report's notes (e.g. machine load)")
     p.add_argument("--pack-kwargs", default=None,
@@ -86,6 +88,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.only = args.only or list(SECTIONS)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "sqfx_bench_quick" if args.quick else REPO / "docs"
     bad = [s for s in args.only if s not in SECTIONS]
     if bad:
         p.error(f"--only: unknown section(s) {bad}; choose from {list(SECTIONS)}")
@@ -326,7 +330,7 @@ def measure_fixed_cost(threads, policy, skip, workdir, pack_kwargs) -> list[dict
 
 def _kernel_grid(args, results, skip, workdir):
     n_groups = len(args.shapes) * len(args.threads) * len(args.ms)
-    done, t_start = 0, time.perf_counter()
+    done, spent = 0, 0.0  # groups timed, seconds spent timing them
     working_set = (2 << 20) if args.quick else int(args.stream_l3_multiple * memory.l3_bytes())
     results["stream_working_set"] = working_set
     for shape in args.shapes:
@@ -341,10 +345,11 @@ def _kernel_grid(args, results, skip, workdir):
                 for m in args.ms:
                     t0 = time.perf_counter()
                     # What is left of the budget, shared by the groups left (slow groups borrow from later ones).
-                    left = args.budget_s - (time.perf_counter() - t_start)
+                    left = args.budget_s - spent
                     policy = QUICK if args.quick else TimingPolicy(budget_s=max(1.0, left / max(1, n_groups - done)))
                     cells = measure_group(layers, threads, m, policy, args.seed)
                     done += 1
+                    spent += time.perf_counter() - t0
                     results["cells"] += cells
                     log(f"[bench] {shape[0]}x{shape[1]} threads={threads} M={m}: {time.perf_counter() - t0:.1f} s; "
                         + ", ".join(f"s={c['sparsity']}: x{report.speedup(c):.2f}" for c in cells))
