@@ -200,20 +200,30 @@ def ov_minilm(model: nn.Module, example: dict, calib: list[dict], threads: int):
 
 
 # ---------------------------------------------------------------- the profile
-CATEGORIES = (  # (category, substrings of an event name, lower case); first match wins
-    ("quantization (torch ops)", ("quantize", "dequant")),
+CATEGORIES = (  # (category, substrings of an aten / sqfx event name, lower case); first match wins
     ("sqfx linears (incl. their activation quantization)", ("sqfx::",)),
     ("other linears (fp32 / int8 peers)", ("addmm", "aten::mm", "aten::linear", "linear_dynamic", "_int_mm")),
+    ("quantization (torch ops)", ("quantize_per", "dequantize", "choose_qparams")),
     ("attention (matmuls, softmax, sdpa)", ("scaled_dot_product", "bmm", "softmax", "flash", "attention")),
     ("layer norm", ("layer_norm", "layernorm")),
     ("GELU", ("gelu",)),
     ("embeddings", ("embedding",)),
-    ("other Inductor C++ kernels", ("cpp_fused", "kernel_cpp")),
 )
+# Inductor's C++ kernels are named after the ops they fuse ("cpp_fused_gelu_qlinear_dynamic_3" is a
+# GELU reading the sqfx op's output): what they compute decides, in this order.
+FUSED_CATEGORIES = (
+    ("layer norm", ("layer_norm",)),
+    ("GELU", ("gelu",)),
+    ("attention (matmuls, softmax, sdpa)", ("scaled_dot_product", "softmax", "bmm")),
+    ("quantization (torch ops)", ("quantize_per", "dequantize")),
+)
+OTHER_FUSED = "other Inductor C++ kernels"
 
 
 def categorize(name: str) -> str:
     low = name.lower()
+    if "cpp_fused" in low:
+        return next((cat for cat, keys in FUSED_CATEGORIES if any(k in low for k in keys)), OTHER_FUSED)
     for cat, keys in CATEGORIES:
         if any(k in low for k in keys):
             return cat
@@ -348,7 +358,7 @@ def run(args, skip: dict, log) -> dict:
     variants = [v for v in order if v in variants]
     rows = []
     policy = QUICK if quick else TimingPolicy(budget_s=args.e2e_budget_s / len(sizes), round_s=0.05, min_rounds=3,
-                                             max_rounds=15, slow_call_s=1.0, slow_rounds=3)
+                                             max_rounds=15, slow_call_s=1.0, slow_rounds=3, stat=args.stat)
     with torch.inference_mode():
         for size in sizes:
             fns = {}

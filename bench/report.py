@@ -382,7 +382,7 @@ def markdown(results, png_name: str | None) -> str:
     lines += run_header(results)
     lines += ["- sqfx kernels reported by `PackedLinear.kernel`: "
               + (", ".join(f"`{k}`" for k in kernels) if kernels else "none measured"),
-              f"- timing: interleaved rounds, median; >= {pol['min_rounds']} and <= {pol['max_rounds']} rounds of "
+              f"- timing: interleaved rounds, {pol.get('stat', 'median')} per implementation; >= {pol['min_rounds']} and <= {pol['max_rounds']} rounds of "
               f"~{pol['round_s'] * 1e3:g} ms bursts; calls over {pol.get('slow_call_s', 0):g} s timed in "
               f"{pol.get('slow_rounds', '?')} rounds, over {pol.get('max_call_s', 0):g} s once; kernel-grid budget "
               f"{results.get('budget_s', 0):.0f} s"]

@@ -81,6 +81,8 @@ def parse_args(argv):
     p.add_argument("--e2e-shapes", type=_csv(str), help="batch x seq list, e.g. 1x128,8x128,32x128")
     p.add_argument("--e2e-budget-s", type=float, default=90.0, help="seconds of timing for the MiniLM latencies")
     p.add_argument("--no-compile", action="store_true", help="MiniLM: leave out the torch.compile rows")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="per-implementation statistic over the timing rounds; min on a loaded machine")
     p.add_argument("--note", default="", help="free text for the report's notes (e.g. machine load)")
     p.add_argument("--pack-kwargs", default=None,
                    help='JSON dict of extra sqfx.pack keyword arguments (default: {"layout": "auto"} where '
@@ -346,7 +348,8 @@ def _kernel_grid(args, results, skip, workdir):
                     t0 = time.perf_counter()
                     # What is left of the budget, shared by the groups left (slow groups borrow from later ones).
                     left = args.budget_s - spent
-                    policy = QUICK if args.quick else TimingPolicy(budget_s=max(1.0, left / max(1, n_groups - done)))
+                    policy = QUICK if args.quick else TimingPolicy(budget_s=max(1.0, left / max(1, n_groups - done)),
+                                                                   stat=args.stat)
                     cells = measure_group(layers, threads, m, policy, args.seed)
                     done += 1
                     spent += time.perf_counter() - t0
@@ -360,14 +363,15 @@ def _kernel_grid(args, results, skip, workdir):
 
 def run(args) -> dict:
     skip = peer_availability(args)
-    fixed_policy = QUICK if args.quick else TimingPolicy(budget_s=3.0, round_s=0.005, min_rounds=15, max_rounds=40)
+    fixed_policy = QUICK if args.quick else TimingPolicy(budget_s=3.0, round_s=0.005, min_rounds=15, max_rounds=40,
+                                                         stat=args.stat)
     results = {"machine": machine_info(), "sections": list(args.only), "quick": args.quick,
                "skipped": {k: v for k, v in skip.items() if v},
                "impls": [i for i in (peers.SQFX, peers.SQFX_AVX2, peers.SQFX_WONLY) + peers.PEERS
                          if not skip.get(i)],
                "ort": skip.get(peers.ORT_INT8) is None,
                "ort_settings": peers.ort_quant_settings() if skip.get(peers.ORT_INT8) is None else None,
-               "policy": vars(QUICK if args.quick else TimingPolicy()) | {"fixed_cost": vars(fixed_policy)},
+               "policy": vars(QUICK if args.quick else TimingPolicy(stat=args.stat)) | {"fixed_cost": vars(fixed_policy)},
                "budget_s": args.budget_s, "pack_kwargs": args.pack_kwargs, "cells": [], "streamed": [],
                "fixed_cost": [], "dram_read": {}, "accuracy": [], "e2e": None,
                "read_bw_bytes": (64 << 20) if args.quick else (512 << 20),
