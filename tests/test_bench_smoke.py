@@ -211,3 +211,40 @@ def test_calibrate_crossover(monkeypatch):
     assert crossover(sparsities, [0.5, 2.0, 0.9, 0.5], dense_time=1.0) == 0.8  # a lucky low point doesn't count
     assert crossover(sparsities, [0.5, 0.6, 0.7, 0.8], dense_time=1.0) == 0.0
     assert crossover(sparsities, [4.0, 3.0, 2.0, 1.5], dense_time=1.0) is None
+
+
+def test_timing_contexts_and_slow_calls(monkeypatch):
+    """time_interleaved enters a fn's context around each of its bursts (and its warmup), times a
+    call slower than max_call_s from its warmup alone, and reports every fn (counts, not speed)."""
+    import contextlib
+    import time as _time
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.timing import TimingPolicy, time_interleaved
+
+    calls = {"fast": 0, "slow": 0}
+    inside = {"depth": 0, "entered": 0}
+
+    @contextlib.contextmanager
+    def around():
+        inside["depth"] += 1
+        inside["entered"] += 1
+        yield
+        inside["depth"] -= 1
+
+    def fast():
+        assert inside["depth"] == 1  # always run under its context
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        _time.sleep(0.02)
+
+    single = set()
+    policy = TimingPolicy(budget_s=0.01, round_s=0.0001, min_rounds=3, max_rounds=3, warmup_s=0.0,
+                          max_call_s=0.005, stat="min")
+    times = time_interleaved({"fast": fast, "slow": slow}, policy, around={"fast": around}, single=single)
+    assert set(times) == {"fast", "slow"} and all(t > 0 for t in times.values())
+    assert calls["slow"] == 1 and single == {"slow"}
+    assert inside["entered"] == 1 + 3 and inside["depth"] == 0  # warmup + one per round
+    assert calls["fast"] >= 1 + 1 + 3
