@@ -8,8 +8,9 @@ from .lowering import ConversionReport
 from .convert import prepare_and_convert
 from .compile_backend import backend
 from .artifacts import aoti_compile, export, load, load_package, save
-# The package sqfx/sparsify/ and its entry point share the name: `sqfx.sparsify(model, data, config)`.
-from .sparsify import RecoveryConfig, SparsifyConfig, sparsify  # noqa: E402
+# sqfx.sparsify is the package and, callable, its entry point: `sqfx.sparsify(model, data, config)`.
+from . import sparsify  # noqa: E402
+from .sparsify import RecoveryConfig, SparsifyConfig  # noqa: E402
 
 __all__ = ["FORMAT_VERSION", "PackedFormatError", "PackedLinear", "SparseQuantLinear", "pack", "reference",
            "SparseQuantConfig", "ConversionReport", "prepare_and_convert",

@@ -9,9 +9,23 @@ and knows nothing of packing:
     qconfig = sqfx.SparseQuantConfig(masks=sparse.sqfx_masks, include=list(sparse.sqfx_masks))
     converted = sqfx.prepare_and_convert(sparse, qconfig, example_inputs)
 """
+import sys
+import types
+
 from .api import selected_linears, sparsify
 from .config import ALLOCATIONS, METHODS, RecoveryConfig, SparsifyConfig
 from .report import SparsifiedLayer, SparsifyReport
 
 __all__ = ["ALLOCATIONS", "METHODS", "RecoveryConfig", "SparsifiedLayer", "SparsifyConfig", "SparsifyReport",
            "selected_linears", "sparsify"]
+
+
+class _CallablePackage(types.ModuleType):
+    """`sqfx.sparsify(model, data, config)` calls sparsify(); `sqfx.sparsify.<module>` stays the
+    package, so `import sqfx.sparsify.text` and friends work as usual (no name clash)."""
+
+    def __call__(self, model, data, config=None, **kwargs):
+        return sparsify(model, data, config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

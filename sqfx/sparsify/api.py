@@ -59,10 +59,13 @@ def _output_loss(model, calls, teacher) -> float:
     return float(sum(distill_loss(c.run(model), t, c) for c, t in zip(calls, teacher)) / len(calls))
 
 
-def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *, inplace: bool = False) -> nn.Module:
+def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *, recovery_data=None,
+             inplace: bool = False) -> nn.Module:
     """Prunes `model`'s selected linears to block masks by config.method (see SparsifyConfig) using
     `data` (an iterable of model inputs: tensors, tuples of positional arguments or dicts of
     keyword arguments; no labels), then optionally distils it toward the dense model.
+    recovery_data: the distillation data of config.recovery (same forms), default `data`; it
+    can be larger than the calibration set (recovery needs broad text, calibration does not).
     Returns the pruned model (a copy unless inplace=True)."""
     cpu0 = time.process_time()
     config = SparsifyConfig() if config is None else config
@@ -71,6 +74,7 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"sqfx.sparsify expects an nn.Module, got {type(model).__name__}")
     calls = as_calls(data)
+    recovery_calls = calls if recovery_data is None else as_calls(recovery_data, "recovery_data")
     was_training = model.training
     dense = _copy_model(model).eval()
     work = model if inplace else _copy_model(model)
@@ -128,7 +132,7 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
 
     if config.recovery is not None:
         element_masks = {n: _expand(masks[n], originals[n].shape, block) for n in names}
-        report.recovery = recover(work, dense, calls, element_masks, config.recovery)
+        report.recovery = recover(work, dense, recovery_calls, element_masks, config.recovery)
         report.recovery.pop("losses")
         report.loss_final = _output_loss(work, loss_calls, teacher)
     work.train(was_training)
