@@ -87,7 +87,7 @@ def test_target_outside_unit_interval(target):
 
 def test_block_that_does_not_divide():
     with pytest.raises(ValueError, match=r"block 1x3 does not divide layer 'fc1'.s weight 16x8"):
-        sqfx.sparsify(TwoInputs(), _batches(), SparsifyConfig(block=(1, 3), window=126, progress=False))
+        sqfx.sparsify(TwoInputs(), _batches(), SparsifyConfig(block=(1, 3), progress=False))
     with pytest.raises(ValueError, match=r"block 5x4 does not divide layer 'fc1'"):
         sqfx.sparsify(TwoInputs(), _batches(), SparsifyConfig(block=(5, 4), progress=False))
 

@@ -82,7 +82,8 @@ class SparsifyConfig:
     include / exclude: fnmatch globs / regexes / module types selecting the nn.Linear layers
         (as in SparseQuantConfig). Default: every nn.Linear.
     damp: sparsegpt's dampening, as a fraction of the Hessian's mean diagonal.
-    window: sparsegpt's mask-selection window in columns (a multiple of the column block).
+    window: sparsegpt's mask-selection window in columns, a multiple of the column block
+        (None: the multiple nearest 128).
     recovery: a RecoveryConfig to distil the pruned model toward the dense one, or None.
     """
     target_sparsity: float = 0.5
@@ -95,7 +96,7 @@ class SparsifyConfig:
     sensitivity_samples: int = 16
     max_layer_sparsity: float = 0.95
     damp: float = 0.01
-    window: int = 128
+    window: Optional[int] = None
     sequential: bool = True
     recovery: Optional[RecoveryConfig] = None
     progress: bool = True
@@ -123,6 +124,8 @@ class SparsifyConfig:
             raise ConfigError(f"sqfx sparsify config: max_layer_sparsity ({self.max_layer_sparsity}) is below "
                               f"target_sparsity ({self.target_sparsity})")
         _check_positive(self.damp, "damp")
+        if self.window is None:
+            self.window = max(1, round(128 / self.block[1])) * self.block[1]
         _check_positive(self.window, "window", integer=True)
         if self.window % self.block[1]:
             raise ConfigError(f"sqfx sparsify config: window ({self.window}) must be a multiple of the column "
