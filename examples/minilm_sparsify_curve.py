@@ -3,8 +3,8 @@
     python examples/minilm_sparsify_curve.py --methods magnitude wanda sparsegpt --sparsities 0.3 0.5 \
         --allocation sensitivity --calib 128 [--recovery-cpu 900 --distill 2048] --out results.jsonl
 
-Held-out evaluation (never used for calibration or distillation): the demo's 32 hand-written
-everyday sentences plus 224 sentences of the offline text's held-out hash split. Metrics: mean
+Held-out evaluation (never used for calibration or distillation): minilm_demo.evaluation_data, the
+demo's 32 hand-written everyday sentences plus 224 sentences of the offline text's held-out hash split. Metrics: mean
 sentence-embedding cosine vs the dense model (fp32 after sparsify, and with sqfx int8 on top via
 prepare_and_convert), and retrieval agreement: the fraction of evaluation sentences whose nearest
 neighbour (cosine, among the other evaluation sentences, all embedded by the model under test) is
@@ -30,40 +30,6 @@ from sqfx.sparsify import RecoveryConfig, SparsifyConfig, text
 
 import minilm_demo as demo
 
-N_HELD_OUT = 224
-
-
-def eval_set(tok):
-    sentences = text.english_sentences()
-    train, held = text.split(sentences)
-    evaluation = demo.SENTENCES + held[:N_HELD_OUT]
-    enc = tok(evaluation, padding=True, return_tensors="pt")
-    return train, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
-@torch.inference_mode()
-def metrics(model, reference: torch.Tensor, inputs: dict, n_everyday: int = len(demo.SENTENCES)) -> dict:
-    emb = demo.mean_pooled(model, inputs)
-    cos = torch.nn.functional.cosine_similarity(emb, reference, dim=-1)
-    return {"cosine": float(cos.mean()), "cosine_everyday": float(cos[:n_everyday].mean()),
-            "retrieval": retrieval_agreement(emb, reference)}
-
-
-def retrieval_agreement(emb: torch.Tensor, reference: torch.Tensor) -> float:
-    """Fraction of rows whose nearest other row (cosine) is the same under both embeddings."""
-    def nn_index(e):
-        e = torch.nn.functional.normalize(e, dim=-1)
-        sim = e @ e.T
-        sim.fill_diagonal_(-2)
-        return sim.argmax(-1)
-    return float((nn_index(emb) == nn_index(reference)).float().mean())
-
-
-def int8(model, masks, example):
-    config = sqfx.SparseQuantConfig(masks=masks, include=list(masks))
-    return demo._KeywordsToPositional(sqfx.prepare_and_convert(model, config, example))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=["sparsegpt"])
@@ -80,7 +46,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model, tok = demo.load_minilm()
-    train, evaluation = eval_set(tok)
+    train, evaluation = demo.evaluation_data(tok)
     rng = random.Random(0)
     rng.shuffle(train)
     calib = text.batches(tok, train[:args.calib], args.batch)
@@ -102,9 +68,11 @@ def main(argv=None):
             row = {"method": method, "allocation": args.allocation, "target": s, "sparsity": rep.sparsity,
                    "calib": args.calib, "distill": args.distill or args.calib,
                    "recovery_cpu_budget": args.recovery_cpu, "recovery": rep.recovery, "cpu_seconds": cpu,
-                   "fp32": metrics(sparse, reference, evaluation)}
+                   "fp32": demo.accuracy(sparse, reference, evaluation),
+                   "layers": {r.fqn: round(r.sparsity, 3) for r in rep.layers}}
             if not args.no_int8:
-                row["int8"] = metrics(int8(sparse, sparse.sqfx_masks, example), reference, evaluation)
+                int8 = demo.convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
+                row["int8"] = demo.accuracy(int8, reference, evaluation)
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
