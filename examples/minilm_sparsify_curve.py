@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import sqfx
-from sqfx.sparsify import RecoveryConfig, SparsifyConfig, text
+from sqfx.sparsify import RecoveryConfig, SparsifyConfig, allocate, text
 
 import minilm_demo as demo
 
@@ -54,6 +54,7 @@ def main(argv=None):
     reference = demo.mean_pooled(model, evaluation)
     example = (evaluation["input_ids"][:2], evaluation["attention_mask"][:2])
     for method in args.methods:
+        sensitivity = None  # measured once per method, then re-allocated for each target
         for s in args.sparsities:
             recovery = None
             if args.recovery_cpu:
@@ -61,10 +62,15 @@ def main(argv=None):
                                           progress=False)
             cfg = SparsifyConfig(target_sparsity=s, method=method, allocation=args.allocation,
                                  include=["encoder.*"], progress=False, recovery=recovery)
+            if sensitivity is not None:
+                cfg.layer_sparsity = allocate(sensitivity, n_blocks, cfg.sensitivity_grid, s, cfg.max_layer_sparsity)
             t0 = time.process_time()
             sparse = sqfx.sparsify(model, calib, cfg, recovery_data=distill)
             cpu = time.process_time() - t0
             rep = sparse.sqfx_sparsify_report
+            if args.allocation == "sensitivity" and sensitivity is None:
+                sensitivity = {r.fqn: r.sensitivity for r in rep.layers}
+                n_blocks = {r.fqn: r.shape[0] * r.shape[1] // 4 for r in rep.layers}
             row = {"method": method, "allocation": args.allocation, "target": s, "sparsity": rep.sparsity,
                    "calib": args.calib, "distill": args.distill or args.calib,
                    "recovery_cpu_budget": args.recovery_cpu, "recovery": rep.recovery, "cpu_seconds": cpu,

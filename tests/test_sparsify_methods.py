@@ -118,3 +118,15 @@ def test_sequential_groups_layers_that_share_an_input():
     p = "encoder.layer.0."
     assert groups == [[p + "attention.self.query", p + "attention.self.key", p + "attention.self.value"],
                       [p + "attention.output.dense"], [p + "intermediate.dense"], [p + "output.dense"]]
+
+
+def test_layer_sparsity_reuses_an_allocation():
+    first = _sparsify("wanda", 0.5, allocation="sensitivity", sensitivity_grid=(0.25, 0.5, 0.75, 0.9))
+    report = first.sqfx_sparsify_report
+    sens = {r.fqn: r.sensitivity for r in report.layers}
+    blocks = {r.fqn: r.shape[0] * r.shape[1] // 4 for r in report.layers}
+    targets = sqfx.sparsify.allocate(sens, blocks, (0.25, 0.5, 0.75, 0.9), 0.5, 0.95)
+    again = _sparsify("wanda", 0.5, layer_sparsity=targets)
+    assert [r.sparsity for r in again.sqfx_sparsify_report.layers] == [r.sparsity for r in report.layers]
+    with pytest.raises(ValueError, match=r"layer_sparsity names layer\(s\) \['nope'\]"):
+        _sparsify("wanda", 0.5, layer_sparsity={"nope": 0.5})

@@ -12,11 +12,12 @@ and knows nothing of packing:
 import sys
 import types
 
+from .allocate import allocate
 from .api import selected_linears, sparsify
 from .config import ALLOCATIONS, METHODS, RecoveryConfig, SparsifyConfig
 from .report import SparsifiedLayer, SparsifyReport
 
-__all__ = ["ALLOCATIONS", "METHODS", "RecoveryConfig", "SparsifiedLayer", "SparsifyConfig", "SparsifyReport",
+__all__ = ["ALLOCATIONS", "allocate", "METHODS", "RecoveryConfig", "SparsifiedLayer", "SparsifyConfig", "SparsifyReport",
            "selected_linears", "sparsify"]
 
 

@@ -88,7 +88,12 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
         teacher = [output_tensor(c.run(dense)).detach() for c in loss_calls]
 
     dense_stats = None
-    if config.allocation == "sensitivity":
+    fixed = config.layer_sparsity or {}
+    unknown = sorted(set(fixed) - set(names))
+    if unknown:
+        raise ValueError(f"sqfx.sparsify: layer_sparsity names layer(s) {unknown} that are not selected nn.Linear "
+                         f"layers")
+    if config.allocation == "sensitivity" and not set(names) <= set(fixed):
         dense_stats = capture_inputs(work, calls, names)
         sens_calls = calls[:config.sensitivity_samples]
         bar = _bar(len(names), "sqfx sensitivity", config.progress)
@@ -104,6 +109,7 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
     else:
         sensitivity = {}
         targets = {n: config.target_sparsity for n in names}
+    targets.update(fixed)
 
     if method != "magnitude" and config.sequential:
         groups = layer_groups(work, calls[0], names)

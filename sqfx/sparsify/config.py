@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..config import ConfigError, _check_block, _check_choice, _check_name_patterns, _check_sparsity, name_matches
 
@@ -79,6 +79,8 @@ class SparsifyConfig:
         the model output is measured at the sparsities of sensitivity_grid on the first
         sensitivity_samples data items, and the per-layer sparsities minimising the summed effect
         at the global target are chosen (bounded by max_layer_sparsity).
+    layer_sparsity: {fqn: sparsity} fixing chosen layers' sparsity (e.g. a previous run's allocation,
+        sqfx.sparsify.allocate.allocate on its report's sensitivities); it wins over `allocation`.
     include / exclude: fnmatch globs / regexes / module types selecting the nn.Linear layers
         (as in SparseQuantConfig). Default: every nn.Linear.
     damp: sparsegpt's dampening, as a fraction of the Hessian's mean diagonal.
@@ -92,6 +94,7 @@ class SparsifyConfig:
     allocation: str = "uniform"
     include: Optional[Sequence] = None
     exclude: Optional[Sequence] = None
+    layer_sparsity: Optional[Mapping[str, float]] = None
     sensitivity_grid: tuple = (0.3, 0.5, 0.65, 0.8, 0.9)
     sensitivity_samples: int = 16
     max_layer_sparsity: float = 0.95
@@ -110,6 +113,12 @@ class SparsifyConfig:
         _check_choice(self.allocation, ALLOCATIONS, "allocation")
         self.include = _check_name_patterns(self.include, "include", allow_types=True)
         self.exclude = _check_name_patterns(self.exclude, "exclude", allow_types=True) or ()
+        if self.layer_sparsity is not None:
+            if not isinstance(self.layer_sparsity, Mapping):
+                raise ConfigError(f"sqfx sparsify config: layer_sparsity must be a dict {{fqn: sparsity}}, "
+                                  f"got {type(self.layer_sparsity).__name__}")
+            self.layer_sparsity = {str(k): _check_sparsity(v, f"layer_sparsity[{k!r}]")
+                                   for k, v in self.layer_sparsity.items()}
         try:
             grid = tuple(sorted({_check_sparsity(float(g), "sensitivity_grid entries") for g in self.sensitivity_grid}))
         except TypeError:
