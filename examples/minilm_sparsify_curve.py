@@ -42,6 +42,10 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--sens-samples", type=int, default=2, help="data items (batches) the sensitivity is measured on")
+    ap.add_argument("--recovery-stages", type=float, nargs="*", default=[],
+                    help="after one-shot, distil in stages up to these cumulative CPU-second budgets, "
+                         "measuring after each (resumes from the stage's checkpoint)")
     ap.add_argument("--out", default="sparsify_curve.jsonl")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -61,7 +65,8 @@ def main(argv=None):
                 recovery = RecoveryConfig(steps=args.recovery_steps, max_cpu_seconds=args.recovery_cpu, lr=args.lr,
                                           progress=False)
             cfg = SparsifyConfig(target_sparsity=s, method=method, allocation=args.allocation,
-                                 include=["encoder.*"], progress=False, recovery=recovery)
+                                 include=["encoder.*"], progress=False, recovery=recovery,
+                                 sensitivity_samples=args.sens_samples)
             if sensitivity is not None:
                 cfg.layer_sparsity = allocate(sensitivity, n_blocks, cfg.sensitivity_grid, s, cfg.max_layer_sparsity)
             t0 = time.process_time()
@@ -79,9 +84,42 @@ def main(argv=None):
             if not args.no_int8:
                 int8 = demo.convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
                 row["int8"] = demo.accuracy(int8, reference, evaluation)
-            print(json.dumps(row), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if sensitivity is not None:
+                row["sensitivity"] = sensitivity
+            emit(row, args.out)
+            if args.recovery_stages:
+                staged_recovery(model, sparse, distill, args, row, reference, evaluation, example)
+
+
+def emit(row, out):
+    print(json.dumps(row), flush=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, example):
+    """Distils `sparse` in place in stages of growing CPU budget; one row per stage."""
+    import tempfile
+
+    from sqfx.lowering.mask import _expand
+    from sqfx.sparsify.data import as_calls
+    from sqfx.sparsify.recover import recover
+
+    masks = {n: _expand(m, sparse.get_submodule(n).weight.shape, (1, 4)) for n, m in sparse.sqfx_masks.items()}
+    calls = as_calls(distill)
+    ckpt = tempfile.mkdtemp(prefix="sqfx-recovery-")
+    for i, budget in enumerate(args.recovery_stages):
+        cfg = RecoveryConfig(steps=100_000, max_cpu_seconds=budget, lr=args.lr, checkpoint_dir=ckpt,
+                             checkpoint_every=25, progress=False)
+        info = recover(sparse, dense, calls, masks, cfg)
+        row = {**{k: base[k] for k in ("method", "allocation", "target", "sparsity", "calib")},
+               "distill": len(distill) * args.batch, "recovery": {k: info[k] for k in ("steps", "cpu_seconds")},
+               "recovery_cpu_budget": budget, "train_loss_last20": sum(info["losses"][-20:]) / max(1, len(info["losses"][-20:])),
+               "fp32": demo.accuracy(sparse, reference, evaluation)}
+        if not args.no_int8 and i == len(args.recovery_stages) - 1:
+            int8 = demo.convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
+            row["int8"] = demo.accuracy(int8, reference, evaluation)
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

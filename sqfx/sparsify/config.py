@@ -96,7 +96,7 @@ class SparsifyConfig:
     exclude: Optional[Sequence] = None
     layer_sparsity: Optional[Mapping[str, float]] = None
     sensitivity_grid: tuple = (0.3, 0.5, 0.65, 0.8, 0.9)
-    sensitivity_samples: int = 16
+    sensitivity_samples: int = 4
     max_layer_sparsity: float = 0.95
     damp: float = 0.01
     window: Optional[int] = None
