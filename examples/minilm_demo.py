@@ -310,6 +310,7 @@ def format_table(result: dict) -> str:
 # ---------------------------------------------------------------- sparsify: accuracy vs the dense model
 N_HELD_OUT = 224            # held-out offline-text sentences added to SENTENCES for evaluation
 CALIBRATION_SENTENCES = 128
+SENSITIVITY_BATCHES = 2     # batches of 16 calibration sentences the per-layer sensitivity is measured on
 DEFAULT_CURVE = (0.3, 0.5, 0.7)
 COSINE_FLOOR = 0.95         # the default sparsity is the highest that keeps this cosine vs dense
 
@@ -355,7 +356,8 @@ def sparsify_cached(model: nn.Module, tok, train: list, sparsity: float, *, meth
 
     sentences = list(train)
     random.Random(0).shuffle(sentences)
-    key = f"{method}-{allocation}-s{sparsity:g}-c{calib}-r{recovery_cpu:g}-d{distill if recovery_cpu else 0}"
+    key = (f"{method}-{allocation}-s{sparsity:g}-c{calib}-k{SENSITIVITY_BATCHES}-r{recovery_cpu:g}"
+           f"-d{distill if recovery_cpu else 0}")
     key += "-" + hashlib.sha256("\n".join(sentences[:max(calib, distill)]).encode()).hexdigest()[:10]
     path = Path(cache_dir) / f"minilm-{key}.pt" if cache_dir else None
     if path is not None and path.exists():
@@ -367,7 +369,7 @@ def sparsify_cached(model: nn.Module, tok, train: list, sparsity: float, *, meth
     recovery = RecoveryConfig(steps=100_000, max_cpu_seconds=recovery_cpu, progress=progress,
                               checkpoint_dir=str(path.with_suffix(".ckpt")) if path else None) if recovery_cpu else None
     config = SparsifyConfig(target_sparsity=sparsity, method=method, allocation=allocation, include=["encoder.*"],
-                            recovery=recovery, progress=progress)
+                            recovery=recovery, progress=progress, sensitivity_samples=SENSITIVITY_BATCHES)
     sparse = sqfx.sparsify(model, text.batches(tok, sentences[:calib]), config,
                            recovery_data=text.batches(tok, sentences[:distill]) if recovery_cpu else None)
     if path is not None:
