@@ -346,9 +346,11 @@ def accuracy(model: nn.Module, reference: torch.Tensor, inputs: dict, n_everyday
 
 def sparsify_cached(model: nn.Module, tok, train: list, sparsity: float, *, method: str = "sparsegpt",
                     allocation: str = "sensitivity", calib: int = CALIBRATION_SENTENCES, recovery_cpu: float = 0,
-                    distill: int = 2048, cache_dir=None, progress: bool = True) -> nn.Module:
+                    distill: int = 2048, cache_dir=None, progress: bool = True,
+                    layer_sparsity: dict | None = None) -> nn.Module:
     """sqfx.sparsify on `calib` shuffled training sentences (recovery: `distill` of them, for
-    `recovery_cpu` CPU seconds), cached under cache_dir by its settings."""
+    `recovery_cpu` CPU seconds), cached under cache_dir by its settings. layer_sparsity: a
+    per-layer allocation already measured for these settings (skips measuring it again)."""
     import hashlib
     import random
 
@@ -369,7 +371,8 @@ def sparsify_cached(model: nn.Module, tok, train: list, sparsity: float, *, meth
     recovery = RecoveryConfig(steps=100_000, max_cpu_seconds=recovery_cpu, progress=progress,
                               checkpoint_dir=str(path.with_suffix(".ckpt")) if path else None) if recovery_cpu else None
     config = SparsifyConfig(target_sparsity=sparsity, method=method, allocation=allocation, include=["encoder.*"],
-                            recovery=recovery, progress=progress, sensitivity_samples=SENSITIVITY_BATCHES)
+                            recovery=recovery, progress=progress, sensitivity_samples=SENSITIVITY_BATCHES,
+                            layer_sparsity=layer_sparsity)
     sparse = sqfx.sparsify(model, text.batches(tok, sentences[:calib]), config,
                            recovery_data=text.batches(tok, sentences[:distill]) if recovery_cpu else None)
     if path is not None:
@@ -383,14 +386,25 @@ def accuracy_curve(model: nn.Module, tok, train: list, eval_inputs: dict, sparsi
                    progress: bool = True, **sparsify_kw) -> list[dict]:
     """Per sparsity: sparsify + sqfx int8 (fx converter), accuracy vs the dense fp32 model, and the
     speedup of sqfx eager over dense fp32 eager at 8 x 128 tokens."""
+    from sqfx.sparsify import SparsifyConfig, allocate
+
     reference = mean_pooled(model, eval_inputs)
     example = (eval_inputs["input_ids"][:2], eval_inputs["attention_mask"][:2])
     shape = random_inputs(8, 128, getattr(model.config, "vocab_size", 1000))
     dense_ms = bench(model, shape, iters=iters)
     rows = [{"sparsity": 0.0, "model": model, **accuracy(model, reference, eval_inputs), "speedup": 1.0,
              "variant": "dense fp32"}]
+    sensitivity = None  # the per-layer sensitivity does not depend on the target: measure it once
     for s in sparsities:
-        sparse = sparsify_cached(model, tok, train, s, progress=progress, **sparsify_kw)
+        layer_sparsity = None
+        if sensitivity is not None:
+            grid, blocks, cap = SparsifyConfig.sensitivity_grid, sensitivity[1], SparsifyConfig.max_layer_sparsity
+            layer_sparsity = allocate(sensitivity[0], blocks, grid, s, cap)
+        sparse = sparsify_cached(model, tok, train, s, progress=progress, layer_sparsity=layer_sparsity, **sparsify_kw)
+        layers = sparse.sqfx_sparsify_report.layers
+        if sensitivity is None and all(r.sensitivity for r in layers):
+            sensitivity = ({r.fqn: r.sensitivity for r in layers},
+                           {r.fqn: r.shape[0] * r.shape[1] // (r.block[0] * r.block[1]) for r in layers})
         converted = convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
         rows.append({"sparsity": sparse.sqfx_sparsify_report.sparsity, "model": sparse,
                      **accuracy(converted, reference, eval_inputs),
