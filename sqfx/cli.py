@@ -3,6 +3,7 @@
     python -m sqfx convert  SOURCE -o model.pt2 [--sparsity 0.8] [--block 1 4] [--per-tensor]
     python -m sqfx report   SOURCE [--sparsity ...]      # or a converted .pt2
     python -m sqfx bench    SOURCE [--batch 8] [--input-shape 8,128,384]
+    python -m sqfx sparsify SOURCE --data module:attr [--sparsity 0.5] [--method sparsegpt] -o sparse.pt
 
 SOURCE is a saved model file (`torch.save(model, path)`; loaded with weights_only=False, so
 only load files you trust), a Python factory `package.module:attr` (attr is an nn.Module or
@@ -390,7 +391,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="repeat the example input to this batch size")
     p.add_argument("--iters", type=int, default=10)
     p.set_defaults(func=cmd_bench)
+    add_sparsify_parser(sub)
     return ap
+
+
+# ---------------------------------------------------------------- sparsify (self-contained)
+def add_sparsify_parser(sub) -> None:
+    """`python -m sqfx sparsify SOURCE --data module:attr -o sparse.pt`: sqfx.sparsify from the shell."""
+    from .sparsify import ALLOCATIONS, METHODS
+
+    p = sub.add_parser("sparsify", help="prune a dense model to block masks on calibration data (sqfx.sparsify)",
+                       description="Prunes SOURCE's linears with sqfx.sparsify and saves the pruned fp32 model "
+                                   "(torch.save); `python -m sqfx convert` on that file keeps its masks.")
+    p.add_argument("source", help="saved model file or 'package.module:attr' factory")
+    p.add_argument("--data", required=True,
+                   help="'module:attr' giving the calibration data: an iterable of model inputs (tensors, "
+                        "tuples, or dicts of keyword arguments), or a callable returning one")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target block sparsity in [0, 1)")
+    p.add_argument("--method", choices=METHODS, default="sparsegpt")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform")
+    p.add_argument("--block", type=int, nargs=2, default=(1, 4), metavar=("ROWS", "COLS"))
+    p.add_argument("--include", action="append", help="fnmatch pattern of the linears to prune (repeatable)")
+    p.add_argument("--recovery-steps", type=int, default=0, help="distillation steps after pruning (0: none)")
+    p.add_argument("--recovery-cpu", type=float, help="stop recovery after this many CPU seconds")
+    p.add_argument("--lr", type=float, default=2e-4, help="recovery learning rate")
+    p.add_argument("--checkpoint-dir", help="recovery checkpoints (a rerun with the same directory resumes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="model_sparse.pt", help="the pruned model file to write")
+    p.add_argument("--json", action="store_true", help="also write the per-layer report as OUTPUT.report.json")
+    p.set_defaults(func=cmd_sparsify)
+
+
+def cmd_sparsify(args) -> int:
+    from .config import ConfigError
+    from .sparsify import RecoveryConfig, SparsifyConfig, sparsify
+
+    model = load_model(args.source)
+    data = _import_attr(args.data)
+    data = data() if callable(data) else data
+    try:
+        recovery = None
+        if args.recovery_steps:
+            recovery = RecoveryConfig(steps=args.recovery_steps, max_cpu_seconds=args.recovery_cpu, lr=args.lr,
+                                      seed=args.seed, checkpoint_dir=args.checkpoint_dir)
+        config = SparsifyConfig(target_sparsity=args.sparsity, method=args.method, allocation=args.allocation,
+                                block=tuple(args.block), include=args.include, recovery=recovery)
+        sparse = sparsify(model, data, config)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise CliError(str(e)) from None
+    report = sparse.sqfx_sparsify_report
+    out = Path(args.output)
+    torch.save(sparse, out)
+    print(report)
+    if args.json:
+        rows = [asdict(r) for r in report.layers]
+        out.with_suffix(".report.json").write_text(json.dumps(
+            {"layers": rows, "sparsity": report.sparsity, "loss_one_shot": report.loss_one_shot,
+             "loss_final": report.loss_final, "recovery": report.recovery, "cpu_seconds": report.cpu_seconds},
+            indent=1))
+    print(f"\nwrote {out}; convert it with `python -m sqfx convert {out} -o model.pt2` (its zeroed blocks "
+          f"are the masks)")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -19,3 +19,9 @@ def make_deep() -> nn.Module:
     """Enough layers for the conversion progress bar (sqfx.cli.PROGRESS_MIN_LAYERS)."""
     torch.manual_seed(0)
     return nn.Sequential(*[nn.Linear(16, 16) for _ in range(10)])
+
+
+def calibration_batches():
+    """Unlabeled inputs for `python -m sqfx sparsify --data tests.cli_factory:calibration_batches`."""
+    g = torch.Generator().manual_seed(2)
+    return [torch.randn(8, 32, generator=g) for _ in range(4)]
