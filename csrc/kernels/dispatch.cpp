@@ -11,6 +11,8 @@
 //    "panel" kernel register-tiles over input rows.
 //    The dense layout (one 1 x K_pad block per row) at M >= kPanelMinRows runs
 //    the dense kernels, which register-tile over output rows as well.
+//    Not forced (force_isa "auto") and M >= kOnednnMinRows, the dense layout
+//    runs oneDNN's int8 GEMM (aten::_int_mm) where it is exact (VNNI CPUs).
 //  * rb x 1 blocks, rb % 8 == 0: the AVX2 8x1 kernel (on VNNI CPUs too).
 //  * anything else: the portable kernel (activations still quantized by AVX2).
 // Threads: over output row blocks (and chunks of input rows for the panel
@@ -34,6 +36,9 @@ namespace {
 constexpr int64_t kPanelMinRows = 4;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 constexpr int64_t kMinParallelWork = 1 << 17;
+// Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
+// ISA is forced: force_isa selects our own kernels of that ISA).
+constexpr int64_t kOnednnMinRows = 16;
 
 struct Caps {
   bool avx2 = false, vnni = false;
@@ -144,6 +149,19 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
   const int64_t macs_per_rb =
       std::max<int64_t>(1, (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) * rb * cb);
   std::atomic<bool> ok{true};
+
+  if (isa != Isa::kGeneric && g_forced.load(std::memory_order_relaxed) < 0 &&
+      M >= kOnednnMinRows && is_dense_layout(w) && dense_onednn_usable()) {
+    QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
+    run_range(M, 4 * K, [&](int64_t b, int64_t e) {
+      quantize_rows_avx2(x, K, b, e, a, 0x80);
+    });
+    if (!dense_onednn_gemm(a, w, out)) raise_bad_col(w);
+    run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
+      dense_onednn_epilogue_rows(a, w, relu, out, b, e);
+    });
+    return;
+  }
 
   if (isa != Isa::kGeneric && rb == 1 && cb % 4 == 0 && M >= kPanelMinRows) {
     const int64_t rows16 = (M + 15) / 16 * 16;
