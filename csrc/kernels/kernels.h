@@ -106,6 +106,13 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                             float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+// Token-batch sparse GEMM for 1x4 blocks (col_block == 4), panel activations
+// (any mc, best 64), K and N cache blocking (gemm_1x4_driver.h). Register
+// tile: 64 input rows x 1 output row (VNNI), 32 x 1 (AVX2, exact int16 madd).
+bool gemm_1x4_64x1_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                              bool relu, int64_t rb_begin, int64_t rb_end);
+bool gemm_1x4_32x1_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                        bool relu, int64_t rb_begin, int64_t rb_end);
 // Dense layout through oneDNN (aten::_int_mm, gemm_dense_s8_onednn.cpp), large M.
 // Usable only where oneDNN's s8 GEMM is exact (VNNI CPU, probed once).
 bool dense_onednn_usable();
