@@ -36,6 +36,29 @@ def cpu_line() -> str:
     return f"{model} [{isa}]"
 
 
+def cpu_interleaved(fns, rounds=9, target_s=0.02):
+    """Median CPU seconds per call of each fn (this thread's time.thread_time), interleaved rounds."""
+    import statistics
+    import time
+
+    inner = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = time.thread_time()
+        fn()
+        inner[name] = max(1, min(200, int(target_s / max(time.thread_time() - t0, 1e-6))))
+    samples = {n: [] for n in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for i in range(len(names)):
+            n = names[(i + r) % len(names)]
+            t0 = time.thread_time()
+            for _ in range(inner[n]):
+                fns[n]()
+            samples[n].append((time.thread_time() - t0) / inner[n])
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
 def forced(isa, fn):
     def call():
         with sqfx.ops.force_isa(isa):
@@ -52,11 +75,15 @@ def main(argv=None):
     ap.add_argument("--paths", default="auto,avx512vnni,avx2")
     ap.add_argument("--budget", type=float, default=3.0)
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="with --threads 1: per-call CPU time of this thread (time.thread_time) in interleaved "
+                         "rounds, median; immune to time slicing on a shared machine (not to SMT sharing)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     policy = TimingPolicy(budget_s=args.budget, round_s=0.02, min_rounds=5, max_rounds=15)
     paths = [p for p in args.paths.split(",") if p == "auto" or p in sqfx.ops.available_isas()]
-    print(f"# CPU: {cpu_line()}; threads {args.threads}; torch {torch.__version__}")
+    clock = "CPU time (thread_time)" if args.cpu_time else "wall time"
+    print(f"# CPU: {cpu_line()}; threads {args.threads}; {clock}; torch {torch.__version__}")
     print("# shape(out x in) sparsity M | medians ms | sqfx path / best peer")
     tmp = tempfile.TemporaryDirectory()
     for shape in args.shapes.split(","):
@@ -75,7 +102,7 @@ def main(argv=None):
                 for p in paths:
                     call = (lambda: packed(x)) if p == "auto" else forced(p, lambda: packed(x))
                     fns[f"sqfx-{p}"] = call
-                t = time_interleaved(fns, policy)
+                t = cpu_interleaved(fns) if args.cpu_time else time_interleaved(fns, policy)
                 best_peer = min(v for name, v in t.items() if not name.startswith("sqfx"))
                 med = " ".join(f"{name}={v * 1e3:.3f}" for name, v in t.items())
                 ratio = " ".join(f"{name}:{best_peer / v:.2f}x" for name, v in t.items() if name.startswith("sqfx"))

@@ -142,3 +142,51 @@ def test_dense_token_batch_rejects_nonzero_column(m):
                 with sqfx.ops.force_isa(path):
                     torch.ops.sqfx.qlinear_dynamic(torch.randn(m, 64), p.values, p.row_ptr, col_idx,
                                                    p.w_scale, p.w_sum, p.bias, 64, False)
+
+
+def _permute_rows_blocks(p, seed):
+    """The same weight with each row's blocks stored in a shuffled column order."""
+    g = torch.Generator().manual_seed(seed)
+    order = []
+    rp = p.row_ptr.tolist()
+    for r in range(len(rp) - 1):
+        order.append(torch.randperm(rp[r + 1] - rp[r], generator=g) + rp[r])
+    order = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    return p.values[order].contiguous(), p.col_idx[order].contiguous()
+
+
+@pytest.mark.parametrize("k", [2052, 4100])  # > one K tile of the GEMM (2048 columns per 64-row pass)
+@pytest.mark.parametrize("m", [40, 64, 130])
+def test_gemm_several_k_tiles_and_unsorted_columns(k, m):
+    p = make_packed(37, k, (1, 4), 0.85, True, seed=5)
+    x = with_special_rows(torch.randn(m, k))
+    check_paths(p, x, relu=True)
+    values, col_idx = _permute_rows_blocks(p, seed=1)
+    assert not torch.equal(col_idx, p.col_idx)
+    expected = reference.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias, k, False)
+    for path in PATHS:
+        if path == "auto":
+            got = torch.ops.sqfx.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias, k, False)
+        else:
+            with sqfx.ops.force_isa(path):
+                got = torch.ops.sqfx.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias,
+                                                     k, False)
+        assert same(got, expected), path
+
+
+@pytest.mark.parametrize("bad", [-1, -30000, "n_cb"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_gemm_rejects_bad_column_in_any_k_tile(bad, where):
+    k = 4100
+    p = make_packed(8, k, (1, 4), 0.5, True, seed=6)
+    bad = p.n_col_blocks if bad == "n_cb" else bad
+    col_idx = p.col_idx.clone()
+    start, end = int(p.row_ptr[3]), int(p.row_ptr[4])
+    col_idx[{"first": start, "middle": (start + end) // 2, "last": end - 1}[where]] = bad
+    for path in PATHS:
+        if path == "generic":
+            continue
+        ctx = sqfx.ops.force_isa(path) if path != "auto" else torch.no_grad()
+        with ctx, pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+            torch.ops.sqfx.qlinear_dynamic(torch.randn(64, k), p.values, p.row_ptr, col_idx, p.w_scale, p.w_sum,
+                                           p.bias, k, False)

@@ -39,6 +39,10 @@ struct MicroAvx2 {
     for (int u = 0; u < 2 * U; ++u) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * u), acc.v[u]);
   }
   template <int U>
+  SQFX_GEMM_TARGET static inline void add(Acc<U>& acc, const Acc<U>& other) {
+    for (int u = 0; u < 2 * U; ++u) acc.v[u] = _mm256_add_epi32(acc.v[u], other.v[u]);
+  }
+  template <int U>
   SQFX_GEMM_TARGET static inline void step(Acc<U>& acc, int32_t wdword, const uint8_t* src) {
     const __m256i w16 = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(wdword)));
     for (int u = 0; u < 2 * U; ++u) {

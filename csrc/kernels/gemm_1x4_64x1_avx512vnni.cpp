@@ -36,6 +36,10 @@ struct MicroVnni {
     for (int u = 0; u < U; ++u) _mm512_storeu_si512(dst + 16 * u, acc.v[u]);
   }
   template <int U>
+  SQFX_GEMM_TARGET static inline void add(Acc<U>& acc, const Acc<U>& other) {
+    for (int u = 0; u < U; ++u) acc.v[u] = _mm512_add_epi32(acc.v[u], other.v[u]);
+  }
+  template <int U>
   SQFX_GEMM_TARGET static inline void step(Acc<U>& acc, int32_t wdword, const uint8_t* src) {
     const __m512i wb = _mm512_set1_epi32(wdword);
     for (int u = 0; u < U; ++u)
