@@ -21,6 +21,7 @@ namespace {
 struct MicroAvx2 {
   static constexpr int64_t kUnitRows = 8;
   static constexpr int kMaxUnits = 4;
+  static constexpr bool kTwoSets = false;
   template <int U>
   struct Acc {
     __m256i v[2 * U];

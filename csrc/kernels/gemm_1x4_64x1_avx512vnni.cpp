@@ -19,6 +19,7 @@ namespace {
 struct MicroVnni {
   static constexpr int64_t kUnitRows = 16;
   static constexpr int kMaxUnits = 4;
+  static constexpr bool kTwoSets = true;
   template <int U>
   struct Acc {
     __m512i v[U];

@@ -76,7 +76,8 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
       const uint32_t lim = static_cast<uint32_t>((t + 1) * ktg);
       int64_t n_tile = nb0;
       for (int64_t n = nb0; n < nb1; ++n) {
-        // Two accumulator sets (even / odd blocks) keep twice the dot chains in flight.
+        // Two accumulator sets (even / odd blocks) keep twice the dot chains in
+        // flight where the registers allow (Micro::kTwoSets: not on AVX2's 16 ymm).
         Acc acc, acc2;
         int32_t* saved = acc_buf + (n - nb0) * kAccInts;
         if (first) {
@@ -88,7 +89,7 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
         int64_t j = cursor[n - nb0];
         const int64_t je = w.row_ptr[n + 1];
         if (!last) {
-          for (; j + 1 < je; j += 2) {
+          for (; Micro::kTwoSets && j + 1 < je; j += 2) {
             // a negative column is huge as uint32: left to the last tile's check
             const uint32_t c0 = static_cast<uint32_t>(static_cast<int32_t>(col_idx[j]));
             const uint32_t c1 = static_cast<uint32_t>(static_cast<int32_t>(col_idx[j + 1]));
@@ -106,7 +107,7 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
           Micro::store(acc, saved);
           continue;
         }
-        for (; j + 1 < je; j += 2) {
+        for (; Micro::kTwoSets && j + 1 < je; j += 2) {
           const int64_t c0 = static_cast<int64_t>(col_idx[j]), c1 = static_cast<int64_t>(col_idx[j + 1]);
           if (!x86::col_ok(c0, w.n_col_blocks) || !x86::col_ok(c1, w.n_col_blocks)) break;
           Micro::step(acc, wd[j], base + c0 * stride);
