@@ -9,8 +9,12 @@
 //    M < kPanelMinRows: "rows" kernel on row-major activations (gathers);
 //    else activations are quantized straight into a panel (PanelRows) and the
 //    "panel" kernel register-tiles over input rows.
+//    1x4 blocks (cb == 4) at M >= kGemmMinRows run the token-batch GEMM
+//    (gemm_1x4_*: chunks of 64 rows, K and N cache blocking) instead.
 //    The dense layout (one 1 x K_pad block per row) at M >= kPanelMinRows runs
 //    the dense kernels, which register-tile over output rows as well.
+//    Not forced (force_isa "auto") and M >= kOnednnMinRows, the dense layout
+//    runs oneDNN's int8 GEMM (aten::_int_mm) where it is exact (VNNI CPUs).
 //  * rb x 1 blocks, rb % 8 == 0: the AVX2 8x1 kernel (on VNNI CPUs too).
 //  * anything else: the portable kernel (activations still quantized by AVX2).
 // Threads: over output row blocks (and chunks of input rows for the panel
@@ -23,6 +27,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -36,6 +41,24 @@ namespace {
 constexpr int64_t kPanelMinRows = 4;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 constexpr int64_t kMinParallelWork = 1 << 17;
+// Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
+// ISA is forced: force_isa selects our own kernels of that ISA).
+constexpr int64_t kOnednnMinRows = 16;
+// 1x4 blocks from this many rows on: the token-batch GEMM (gemm_1x4_*), chunks
+// of kGemmChunkRows rows (its register tile is 64 rows; K tiles keep the
+// chunk's panel slice in L1, so the chunk need not fit in L2).
+constexpr int64_t kGemmMinRows = 32;
+constexpr int64_t kGemmChunkRows = 64;
+
+// SQFX_BASELINE_PANEL=1 (read once) keeps the first-version panel kernels for
+// 1x4 at every M: the baseline the benchmarks compare the GEMM with.
+bool gemm_1x4_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SQFX_BASELINE_PANEL");
+    return v == nullptr || std::strcmp(v, "1") != 0;
+  }();
+  return enabled;
+}
 
 struct Caps {
   bool avx2 = false, vnni = false;
@@ -160,11 +183,25 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
       std::max<int64_t>(1, (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) * rb * cb);
   std::atomic<bool> ok{true};
 
+  if (isa != Isa::kGeneric && g_forced.load(std::memory_order_relaxed) < 0 &&
+      M >= kOnednnMinRows && is_dense_layout(w) && dense_onednn_usable()) {
+    QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
+    run_range(M, 4 * K, [&](int64_t b, int64_t e) {
+      quantize_rows_avx2(x, K, b, e, a, 0x80);
+    });
+    if (!dense_onednn_gemm(a, w, out)) raise_bad_col(w);
+    run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
+      dense_onednn_epilogue_rows(a, w, relu, out, b, e);
+    });
+    return;
+  }
+
   if (isa != Isa::kGeneric && rb == 1 && cb % 4 == 0 && M >= kPanelMinRows) {
     const int64_t rows16 = (M + 15) / 16 * 16;
+    const bool gemm = cb == 4 && M >= kGemmMinRows && !is_dense_layout(w) && gemm_1x4_enabled();
     int64_t mc = rows16;
     if (rows16 * ld > kPanelBytes) mc = std::max<int64_t>(64, kPanelBytes / ld / 64 * 64);
-    mc = std::min(mc, rows16);
+    mc = std::min(gemm ? kGemmChunkRows : mc, rows16);
     const int64_t n_chunks = (M + mc - 1) / mc;
     const int64_t padded = n_chunks * mc;
     PanelRows a{grow(tls.q, padded * ld), grow(tls.scale, padded), grow(tls.zp, padded), M, mc,
@@ -173,6 +210,7 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
     std::fill(const_cast<int32_t*>(a.zp) + M, const_cast<int32_t*>(a.zp) + padded, 0);
     run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel_avx2(x, K, b, e, a); });
     PanelKernel kernel = vnni ? bsr_1x4_panel_avx512vnni : bsr_1x4_panel_avx2;
+    if (gemm) kernel = vnni ? gemm_1x4_64x1_avx512vnni : gemm_1x4_32x1_avx2;
     if (is_dense_layout(w)) kernel = vnni ? dense_panel_avx512vnni : dense_panel_avx2;
     const int64_t n_rb = w.n_row_blocks;
     run_range(n_chunks * n_rb, macs_per_rb * mc, [&](int64_t b, int64_t e) {

@@ -40,10 +40,10 @@ __attribute__((target("avx2,fma"))) inline void epilogue_n8(
 }
 
 // 8 consecutive input rows m0..m0+7 of one output n (m-direction epilogue);
-// zp / a_scale point at row m0. Writes dst[l * ld] for l < count.
-__attribute__((target("avx2,fma"))) inline void epilogue_m8(
-    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w,
-    int64_t n, int64_t count, bool relu, float* dst, int64_t ld) {
+// zp / a_scale point at row m0. Returns the 8 outputs.
+__attribute__((target("avx2,fma"))) inline __m256 epilogue_m8_vec(
+    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
+    bool relu) {
   __m256i corr = _mm256_sub_epi32(
       acc, _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp)),
                               _mm256_set1_epi32(w.w_sum[n])));
@@ -54,8 +54,15 @@ __attribute__((target("avx2,fma"))) inline void epilogue_m8(
     __m256 zero = _mm256_setzero_ps();
     v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
   }
+  return v;
+}
+
+// As epilogue_m8_vec; writes dst[l * ld] for l < count.
+__attribute__((target("avx2,fma"))) inline void epilogue_m8(
+    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w,
+    int64_t n, int64_t count, bool relu, float* dst, int64_t ld) {
   alignas(32) float t[8];
-  _mm256_store_ps(t, v);
+  _mm256_store_ps(t, epilogue_m8_vec(acc, zp, a_scale, w, n, relu));
   for (int64_t l = 0; l < count; ++l) dst[l * ld] = t[l];
 }
 
@@ -120,8 +127,79 @@ __attribute__((target("avx2,fma"))) inline __m256i scan8(__m256i x, __m256i carr
   return _mm256_add_epi32(x, carry);
 }
 
+// dst[r * ldd + c] = src[c * lds + r] for an 8 x 8 float block.
+__attribute__((target("avx2,fma"))) inline void transpose8x8(const float* src, int64_t lds,
+                                                            float* dst, int64_t ldd) {
+  __m256 r[8], a[8], b[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm256_shuffle_ps(a[4 * i], a[4 * i + 2], 0x44);
+    b[4 * i + 1] = _mm256_shuffle_ps(a[4 * i], a[4 * i + 2], 0xEE);
+    b[4 * i + 2] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+    b[4 * i + 3] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(b[i], b[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(b[i], b[i + 4], 0x31));
+  }
+}
+
 __attribute__((target("avx2,fma"))) inline __m256i last_lane(__m256i x) {
   return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7));
+}
+
+}  // namespace x86
+}  // namespace sqfx
+
+namespace sqfx {
+namespace x86 {
+
+// 16 input rows of one output n (m-direction epilogue, AVX-512); zp / a_scale
+// point at the first row. Returns the 16 outputs.
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline __m512 epilogue_m16_avx512(
+    __m512i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
+    bool relu) {
+  __m512i corr = _mm512_sub_epi32(
+      acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(w.w_sum[n])));
+  __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(w.w_scale[n]));
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
+  if (w.bias) v = _mm512_add_ps(v, _mm512_set1_ps(w.bias[n]));
+  if (relu) {
+    __m512 zero = _mm512_setzero_ps();
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
+  }
+  return v;
+}
+
+// dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block.
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transpose16x16(
+    const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], a[16], b[16], c[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    b[4 * i + 0] = _mm512_shuffle_ps(a[4 * i], a[4 * i + 2], 0x44);
+    b[4 * i + 1] = _mm512_shuffle_ps(a[4 * i], a[4 * i + 2], 0xEE);
+    b[4 * i + 2] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+    b[4 * i + 3] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    c[i] = _mm512_shuffle_f32x4(b[i], b[i + 4], 0x88);
+    c[i + 4] = _mm512_shuffle_f32x4(b[i], b[i + 4], 0xDD);
+    c[8 + i] = _mm512_shuffle_f32x4(b[8 + i], b[12 + i], 0x88);
+    c[12 + i] = _mm512_shuffle_f32x4(b[8 + i], b[12 + i], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0x88));
+    _mm512_storeu_ps(dst + (8 + i) * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0xDD));
+  }
 }
 
 }  // namespace x86

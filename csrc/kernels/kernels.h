@@ -82,8 +82,9 @@ struct PanelRows {
 };
 
 // Vectorized twin of quantize_rows (AVX2 + FMA-free float ops, bit-identical).
+// flip is XORed into every byte: 0x80 stores q - 128 as int8 (the oneDNN path).
 void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
-                        int64_t m_end, const QuantizedRows& out);
+                        int64_t m_end, const QuantizedRows& out, uint8_t flip = 0);
 // Quantizes rows [m_begin, m_end) straight into the panel layout.
 void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
                          int64_t m_end, const PanelRows& out);
@@ -108,6 +109,22 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                             float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+// Token-batch sparse GEMM for 1x4 blocks (col_block == 4), panel activations
+// (any mc, best 64), K and N cache blocking (gemm_1x4_driver.h). Register
+// tile: 64 input rows x 1 output row (VNNI), 32 x 1 (AVX2, exact int16 madd).
+bool gemm_1x4_64x1_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                              bool relu, int64_t rb_begin, int64_t rb_end);
+bool gemm_1x4_32x1_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                        bool relu, int64_t rb_begin, int64_t rb_end);
+// Dense layout through oneDNN (aten::_int_mm, gemm_dense_s8_onednn.cpp), large M.
+// Usable only where oneDNN's s8 GEMM is exact (VNNI CPU, probed once).
+bool dense_onednn_usable();
+// out [M, N] <- int32 C = a.q (as int8: quantized with flip 0x80, q - 128) x
+// weights^T (false: a col_idx is not 0).
+bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out);
+// Converts rows [m_begin, m_end) of out from C to the final floats, in place.
+void dense_onednn_epilogue_rows(const QuantizedRows& a, const BsrWeight& w, bool relu,
+                                float* out, int64_t m_begin, int64_t m_end);
 // Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
 bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                   bool relu, int64_t rb_begin, int64_t rb_end);

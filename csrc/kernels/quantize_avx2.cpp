@@ -73,11 +73,12 @@ __attribute__((target("avx2,fma"))) inline __m256i q8(const float* src, __m256 i
   return _mm256_cvtps_epi32(v);  // exact: v is an integer in [0, 255]
 }
 
-// q[k] = clamp(round(row[k] * inv) + z, 0, 255) for k < K.
+// q[k] = clamp(round(row[k] * inv) + z, 0, 255) ^ flip for k < K.
 __attribute__((target("avx2,fma"))) void quantize_values(const float* row,
                                                          int64_t K,
                                                          const RowParams& p,
-                                                         uint8_t* q) {
+                                                         uint8_t* q, uint8_t flip = 0) {
+  const __m256i flip8 = _mm256_set1_epi8(static_cast<char>(flip));
   const __m256 inv = _mm256_set1_ps(p.inv), z = _mm256_set1_ps(p.z);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   int64_t k = 0;
@@ -87,20 +88,20 @@ __attribute__((target("avx2,fma"))) void quantize_values(const float* row,
     __m256i ab = _mm256_packus_epi32(a, b), cd = _mm256_packus_epi32(c, d);
     __m256i bytes = _mm256_packus_epi16(ab, cd);
     // packs work per 128-bit lane: dwords come out as a0 b0 c0 d0 a1 b1 c1 d1.
-    bytes = _mm256_permutevar8x32_epi32(bytes, order);
+    bytes = _mm256_xor_si256(_mm256_permutevar8x32_epi32(bytes, order), flip8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), bytes);
   }
   for (; k < K; ++k) {
     float v = std::nearbyintf(row[k] * p.inv) + p.z;
     v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-    q[k] = static_cast<uint8_t>(v);
+    q[k] = static_cast<uint8_t>(v) ^ flip;
   }
 }
 
 }  // namespace
 
 void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
-                        int64_t m_end, const QuantizedRows& out) {
+                        int64_t m_end, const QuantizedRows& out, uint8_t flip) {
   for (int64_t m = m_begin; m < m_end; ++m) {
     const float* row = x + m * K;
     uint8_t* q = const_cast<uint8_t*>(out.q) + m * out.ld;
@@ -108,13 +109,13 @@ void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
     if (!p.finite) {
       const_cast<float*>(out.scale)[m] = NAN;
       const_cast<int32_t*>(out.zp)[m] = 0;
-      std::memset(q, 0, out.ld);
+      std::memset(q, flip, out.ld);
       continue;
     }
     const_cast<float*>(out.scale)[m] = p.scale;
     const_cast<int32_t*>(out.zp)[m] = static_cast<int32_t>(p.z);
-    quantize_values(row, K, p, q);
-    std::memset(q + K, static_cast<int>(p.z), out.ld - K);
+    quantize_values(row, K, p, q, flip);
+    std::memset(q + K, static_cast<int>(p.z) ^ flip, out.ld - K);
   }
 }
 

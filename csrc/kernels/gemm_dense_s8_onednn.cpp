@@ -1,0 +1,133 @@
+// Dense layout, token batches: oneDNN's int8 GEMM, reached through the
+// dispatcher as aten::_int_mm.out (s8 x s8 -> s32), with the same exact
+// integers as sqfx.reference.
+//
+// The activations are quantized to u8 as everywhere else and stored as s8
+// q - 128 (the top bit flipped, fused into the quantizer). With q' = q - 128:
+//   sum_k q * w = sum_k q' * w + 128 * w_sum,
+// so acc = C + 128 * w_sum is the same u8 x s8 accumulator the other kernels
+// compute (it fits in int32 below kMaxInt32InFeatures, so the wrapping int32
+// adds give it exactly) and the shared epilogue then subtracts zp * w_sum.
+//
+// oneDNN is exact only where it multiplies with VNNI (vpdpbusd): on AVX2 or
+// AVX-512 without VNNI its s8 GEMM goes through the saturating vpmaddubsw and
+// is wrong by up to 2% of the result (measured with ONEDNN_MAX_CPU_ISA=AVX2).
+// So the path is used only when the CPU has VNNI and a one-time probe with
+// saturating operands gives the exact result (this also catches an ISA cap
+// set through ONEDNN_MAX_CPU_ISA, and a torch built without oneDNN, whose
+// plain loop is exact but slow).
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+#include <exception>
+
+#include "epilogue_x86.h"
+#include "kernels.h"
+
+namespace sqfx {
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+Tensor blob(const void* data, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+            ScalarType dtype) {
+  const int64_t sizes[2] = {rows, cols};
+  const int64_t strides[2] = {row_stride, col_stride};
+  return torch::stable::from_blob(const_cast<void*>(data), {sizes, 2}, {strides, 2},
+                                  torch::stable::Device(torch::headeronly::DeviceType::CPU),
+                                  dtype);
+}
+
+// c [M, N] = a [M, K] x b [K, N]; b given by its transpose bt [N, K] (row stride ldb).
+void int_mm(const int8_t* a, int64_t M, int64_t K, int64_t lda, const int8_t* bt, int64_t N,
+            int64_t ldb, int32_t* c) {
+  std::array<StableIValue, 3> stack{
+      torch::stable::detail::from(blob(a, M, K, lda, 1, ScalarType::Char)),
+      torch::stable::detail::from(blob(bt, K, N, 1, ldb, ScalarType::Char)),
+      torch::stable::detail::from(blob(c, M, N, N, 1, ScalarType::Int))};
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      torch_call_dispatcher("aten::_int_mm", "out", stack.data(), TORCH_ABI_VERSION));
+  // The returned tensor aliases c; dropping the handle frees only the handle.
+  (void)torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// Operands whose pair sums (after the s8 -> u8 shift that non-VNNI kernels
+// use) overflow int16: a saturating GEMM gets these wrong.
+bool probe_exact() {
+  constexpr int64_t M = 16, N = 16, K = 64;
+  int8_t a[M * K], b[N * K];
+  int32_t c[M * N];
+  for (int64_t i = 0; i < M * K; ++i) a[i] = (i % 3 == 0) ? -128 : 127;
+  for (int64_t i = 0; i < N * K; ++i) b[i] = (i % 5 == 0) ? -127 : 127;
+  try {
+    int_mm(a, M, K, K, b, N, K, c);
+  } catch (const std::exception&) {
+    return false;
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += int32_t(a[m * K + k]) * b[n * K + k];
+      if (c[m * N + n] != s) return false;
+    }
+  return true;
+}
+
+}  // namespace
+
+bool dense_onednn_usable() {
+  static const bool usable = [] {
+    __builtin_cpu_init();
+    const bool vnni = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+    return vnni && __builtin_cpu_supports("avx2") && probe_exact();
+  }();
+  return usable;
+}
+
+bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out) {
+  // The dense layout stores block column 0 in every row; check what we ignore.
+  for (int64_t n = 0; n < w.N; ++n) {
+    const int64_t col = w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n]
+                                     : static_cast<const int32_t*>(w.col_idx)[n];
+    if (col != 0) return false;
+  }
+  // C (int32) goes straight into out's memory; the epilogue converts it in place.
+  int_mm(reinterpret_cast<const int8_t*>(a.q), a.M, a.ld, a.ld, w.values, w.N, w.col_block,
+         reinterpret_cast<int32_t*>(out));
+  return true;
+}
+
+__attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
+    const QuantizedRows& a, const BsrWeight& w, bool relu, float* out, int64_t m_begin,
+    int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    float* y = out + m * w.N;  // holds C as int32 on entry
+    const char* cm = reinterpret_cast<const char*>(y);
+    for (int64_t n0 = 0; n0 < w.N; n0 += 8) {
+      const int64_t count = w.N - n0 < 8 ? w.N - n0 : 8;
+      __m256i acc;
+      if (count == 8) {
+        // acc = C + 128 * w_sum (wrapping; the true value fits in int32)
+        const __m256i wsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.w_sum + n0));
+        acc = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cm + 4 * n0)),
+                               _mm256_slli_epi32(wsum, 7));
+      } else {
+        alignas(32) int32_t t[8] = {0};
+        std::memcpy(t, cm + 4 * n0, count * sizeof(int32_t));
+        for (int64_t r = 0; r < count; ++r)
+          t[r] = static_cast<int32_t>(static_cast<uint32_t>(t[r]) +
+                                      (static_cast<uint32_t>(w.w_sum[n0 + r]) << 7));
+        acc = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+      }
+      x86::epilogue_n8(acc, a.zp[m], a.scale[m], w, n0, count, relu, y);
+    }
+  }
+}
+
+}  // namespace sqfx

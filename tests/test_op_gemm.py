@@ -1,0 +1,192 @@
+"""Token-batch paths of sqfx::qlinear_dynamic (issue 10 item 1) give the reference's exact bits.
+
+"auto" is what dispatch picks when no ISA is forced: for the dense layout at M >= 16 on a CPU with
+VNNI that is oneDNN's int8 GEMM through aten::_int_mm (csrc/kernels/gemm_dense_s8_onednn.cpp);
+forcing an ISA (sqfx.ops.force_isa) runs our own kernels of that ISA. Each path is compared with
+torch.equal (NaN equal to NaN) against sqfx.reference.qlinear_dynamic.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sqfx.ops
+from sqfx import reference
+from sqfx.format import pack
+from test_op_kernels import make_packed, reference_out, same
+
+PATHS = ["auto"] + sqfx.ops.available_isas()
+
+
+def run_path(path, p, x, relu):
+    if path == "auto":
+        return p(x, relu)
+    with sqfx.ops.force_isa(path):
+        return p(x, relu)
+
+
+def check_paths(p, x, relu):
+    expected = reference_out(p, x, relu)
+    for path in PATHS:
+        got = run_path(path, p, x, relu)
+        assert got.shape == expected.shape
+        assert same(got, expected), f"path={path} layout={p.layout} M={x.shape[0]} differs from the reference"
+
+
+def with_special_rows(x):
+    x = x.clone()
+    if x.shape[0] > 2:
+        x[1, 0] = float("nan")
+        x[2, -1] = float("inf")
+    if x.shape[0] > 3:
+        x[3] = 0.0
+    return x
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 90),
+    k=st.integers(1, 300),
+    sparsity=st.sampled_from([0.0, 0.5, 0.8, 0.9, 1.0]),
+    layout=st.sampled_from(["sparse", "dense"]),
+    m=st.sampled_from([15, 16, 17, 64, 100, 257]),
+    relu=st.booleans(),
+    per_channel=st.booleans(),
+    col_dtype=st.sampled_from([torch.int16, torch.int32]),
+    seed=st.integers(0, 2**16),
+)
+def test_token_batch_paths_match_reference(n, k, sparsity, layout, m, relu, per_channel, col_dtype, seed):
+    p = make_packed(n, k, (1, 4), sparsity, per_channel, seed, col_dtype, layout=layout)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3 - 0.5
+    check_paths(p, with_special_rows(x), relu)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("n,k,m", [(1, 4, 16), (3, 5, 64), (64, 768, 130), (200, 1536, 64), (257, 100, 600)])
+def test_edge_shapes_bias_none(layout, n, k, m):
+    p = make_packed(n, k, (1, 4), 0.8 if layout == "sparse" else 0.0, True, seed=3, layout=layout)  # seed 3: no bias
+    assert p.bias is None
+    x = with_special_rows(torch.randn(m, k))
+    check_paths(p, x, relu=False)
+    check_paths(p, x, relu=True)
+
+
+@pytest.mark.parametrize("m", [16, 64, 300])
+def test_saturation_proof_token_batch(m):
+    """q = 255 (zp 0) against +-127 weights; and q = 0 (zp 255): as s8 q - 128 these are the
+    extremes 127 and -128, where a saturating int8 GEMM goes wrong."""
+    n, k = 40, 512
+    sign = torch.where(torch.arange(n * k).reshape(n, k) % 3 == 0, -1.0, 1.0)
+    w = sign * torch.linspace(1, 2, n)[:, None]
+    p = pack(w, block=(1, 4), layout="dense")
+    x = torch.full((m, k), 2.5)
+    x[m // 2 :] = -2.5
+    check_paths(p, x, relu=False)
+
+
+def test_onednn_capped_below_vnni_stays_exact():
+    """oneDNN's s8 GEMM without VNNI saturates (measured: ONEDNN_MAX_CPU_ISA=AVX2 is wrong by
+    up to 2%); the op must notice that (one-time probe) and use its own exact kernels."""
+    code = (
+        "import torch, sqfx\n"
+        "from sqfx import reference\n"
+        "torch.manual_seed(0)\n"
+        "w = torch.randn(48, 256)\n"
+        "p = sqfx.pack(w, block=(1, 4), layout='dense')\n"
+        "x = torch.randn(64, 256) * 2\n"
+        "x[:8] = 2.5\n"
+        "e = reference.qlinear_dynamic(x, *p.tensors(), p.in_features, False)\n"
+        "assert torch.equal(p(x), e)\n"
+        "a = torch.randint(0, 128, (64, 256), dtype=torch.int8)\n"
+        "b = torch.full((256, 48), 127, dtype=torch.int8)\n"
+        "print('capped_inexact', not torch.equal(torch._int_mm(a, b), (a.long() @ b.long()).int()))\n"
+    )
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", DNNL_MAX_CPU_ISA="AVX2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "capped_inexact" in r.stdout
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_token_batch_threads_identical(layout):
+    p = make_packed(300, 640, (1, 4), 0.9 if layout == "sparse" else 0.0, True, seed=4, layout=layout)
+    x = torch.randn(200, 640)
+    before = torch.get_num_threads()
+    try:
+        for path in PATHS:
+            torch.set_num_threads(1)
+            one = run_path(path, p, x, True)
+            torch.set_num_threads(2)
+            two = run_path(path, p, x, True)
+            assert torch.equal(one, two), path
+        assert torch.equal(one, reference_out(p, x, True))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m", [16, 64])
+def test_dense_token_batch_rejects_nonzero_column(m):
+    p = pack(torch.randn(16, 64), block=(1, 4), layout="dense")
+    col_idx = p.col_idx.clone()
+    col_idx[5] = 1
+    for path in PATHS[1:] + ["auto"]:
+        with pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+            if path == "auto":
+                torch.ops.sqfx.qlinear_dynamic(torch.randn(m, 64), p.values, p.row_ptr, col_idx, p.w_scale,
+                                               p.w_sum, p.bias, 64, False)
+            else:
+                with sqfx.ops.force_isa(path):
+                    torch.ops.sqfx.qlinear_dynamic(torch.randn(m, 64), p.values, p.row_ptr, col_idx,
+                                                   p.w_scale, p.w_sum, p.bias, 64, False)
+
+
+def _permute_rows_blocks(p, seed):
+    """The same weight with each row's blocks stored in a shuffled column order."""
+    g = torch.Generator().manual_seed(seed)
+    order = []
+    rp = p.row_ptr.tolist()
+    for r in range(len(rp) - 1):
+        order.append(torch.randperm(rp[r + 1] - rp[r], generator=g) + rp[r])
+    order = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    return p.values[order].contiguous(), p.col_idx[order].contiguous()
+
+
+@pytest.mark.parametrize("k", [2052, 4100])  # > one K tile of the GEMM (2048 columns per 64-row pass)
+@pytest.mark.parametrize("m", [40, 64, 130])
+def test_gemm_several_k_tiles_and_unsorted_columns(k, m):
+    p = make_packed(37, k, (1, 4), 0.85, True, seed=5)
+    x = with_special_rows(torch.randn(m, k))
+    check_paths(p, x, relu=True)
+    values, col_idx = _permute_rows_blocks(p, seed=1)
+    assert not torch.equal(col_idx, p.col_idx)
+    expected = reference.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias, k, False)
+    for path in PATHS:
+        if path == "auto":
+            got = torch.ops.sqfx.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias, k, False)
+        else:
+            with sqfx.ops.force_isa(path):
+                got = torch.ops.sqfx.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias,
+                                                     k, False)
+        assert same(got, expected), path
+
+
+@pytest.mark.parametrize("bad", [-1, -30000, "n_cb"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_gemm_rejects_bad_column_in_any_k_tile(bad, where):
+    k = 4100
+    p = make_packed(8, k, (1, 4), 0.5, True, seed=6)
+    bad = p.n_col_blocks if bad == "n_cb" else bad
+    col_idx = p.col_idx.clone()
+    start, end = int(p.row_ptr[3]), int(p.row_ptr[4])
+    col_idx[{"first": start, "middle": (start + end) // 2, "last": end - 1}[where]] = bad
+    for path in PATHS:
+        if path == "generic":
+            continue
+        ctx = sqfx.ops.force_isa(path) if path != "auto" else torch.no_grad()
+        with ctx, pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+            torch.ops.sqfx.qlinear_dynamic(torch.randn(64, k), p.values, p.row_ptr, col_idx, p.w_scale, p.w_sum,
+                                           p.bias, k, False)
