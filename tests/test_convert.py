@@ -250,7 +250,7 @@ def test_untraceable_model_is_converted_module_by_module_and_keeps_its_class():
         assert rep.capture == "module_swap" and type(out) is Untraceable
         assert "does not support item assignment" in rep.notes[0] and "module by module" in rep.notes[0]
         assert rep.converted == ["fc1", "fc2.0"] and [l.relu_fused for l in rep.layers] == [False, True]
-        assert [s.fqn for s in rep.skipped] == ["attn.out_proj"]
+        assert [s.fqn for s in rep.skipped] == ["attn.out_proj", "attn.in_proj_weight"]
         assert "MultiheadAttention" in rep.skipped[0].reason
         assert isinstance(out.fc1, sqfx.SparseQuantLinear) and out.fc2.relu
         assert isinstance(model.fc1, nn.Linear)
@@ -317,7 +317,7 @@ class WithMHA(nn.Module):
 def test_linears_hidden_in_leaf_modules_are_reported():
     rep = sqfx.prepare_and_convert(WithMHA().eval()).sqfx_report
     assert rep.converted == ["fc"]
-    assert [s.fqn for s in rep.skipped] == ["attn.out_proj"] and "MultiheadAttention" in rep.skipped[0].reason
+    assert [s.fqn for s in rep.skipped] == ["attn.in_proj_weight", "attn.out_proj"] and "MultiheadAttention" in rep.skipped[0].reason
 
 
 @settings(max_examples=15, deadline=None)

@@ -111,7 +111,12 @@ def report_left_out(root: nn.Module, report: ConversionReport, capture: str) -> 
     skipped) as skipped, with the reason, so that no layer is left out silently."""
     seen = set(report.converted) | {s.fqn for s in report.skipped}
     for fqn, module in root.named_modules():
-        if linear_like(module) is None or fqn in seen or any(n.startswith(fqn + ".") for n in seen):
+        prefix = f"{fqn}." if fqn else ""
+        if isinstance(module, nn.MultiheadAttention):  # its input projection is a bare parameter
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(module, name, None) is not None and prefix + name not in seen:
+                    report.skipped.append(SkippedLayer(prefix + name, MHA_REASON))
+        if linear_like(module) is None or fqn in seen or any(n.startswith(prefix) for n in seen):
             continue
         reason = MHA_REASON if inside_multihead_attention(root, fqn) else (
             f"not called as a linear in the {capture} graph (its weight is read some other way)")

@@ -31,4 +31,7 @@ def swap_modules(model: nn.Module, lowering: LayerLowering) -> nn.Module:
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child,
                 SparseQuantLinear(use.packed, relu=use.relu, act_mode=use.activation))
+    from .rewrite import report_left_out
+
+    report_left_out(model, lowering.report, "module_swap")  # nn.MultiheadAttention's bare in_proj_weight
     return model

@@ -147,6 +147,27 @@ def _layer_name(weight_fqn: str) -> str:
     return weight_fqn[: -len(".weight")] if weight_fqn.endswith(".weight") else weight_fqn
 
 
+_LINEAR_CLASS_NAMES = ("torch.nn.modules.linear.Linear", "transformers.pytorch_utils.Conv1D")
+
+
+def _calling_layer(node: fx.Node) -> Optional[str]:
+    """The fqn of the linear-like module whose forward made this call, from the node's
+    nn_module_stack (Dynamo: "L['self'].lm_head"; torch.export: "lm_head"), or None. A weight tied
+    to another module (GPT-2's lm_head and wte) is then named after the layer that calls it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    if name not in _LINEAR_CLASS_NAMES and not (isinstance(cls, type) and issubclass(cls, nn.Linear)):
+        return None
+    path = re.sub(r"^L\['[^']+'\](?:\[\d+\])*\.?", "", str(path))  # L['self'], L['args'][0]
+    path = re.sub(r"\._modules\['([^']+)'\]", r".\1", path)
+    path = re.sub(r"\[(\d+)\]|\['([^']+)'\]", lambda m: "." + (m.group(1) or m.group(2)), path)
+    path = path.strip(".")
+    return path if path and re.fullmatch(r"[\w.]+", path) else None
+
+
 def _linear_args(node: fx.Node):
     """(input, weight, bias) of a functional linear, whether given by position or keyword."""
     args = list(node.args) + [None] * (3 - len(node.args))
@@ -189,13 +210,14 @@ def match_linear(node: fx.Node, gm: nn.Module, resolve_placeholder: Optional[Pla
         bias = _constant(b, gm, resolve_placeholder)
         if (isinstance(inp, fx.Node) and weight is not None and bias is not None and weight.tensor.dim() == 2
                 and tuple(bias.tensor.shape) == tuple(weight.tensor.shape[1:])):
-            match = LinearMatch(_layer_name(weight.fqn), node, weight, bias, None, weight_transposed=True)
+            match = LinearMatch(_calling_layer(node) or _layer_name(weight.fqn), node, weight, bias, None,
+                                weight_transposed=True)
     elif node.op == "call_function" and node.target in LINEAR_FUNCTIONS:
         inp, w, b = _linear_args(node)
         weight = _constant(w, gm, resolve_placeholder)
         bias = _constant(b, gm, resolve_placeholder) if b is not None else None
         if isinstance(inp, fx.Node) and weight is not None and (b is None or bias is not None):
-            match = LinearMatch(_layer_name(weight.fqn), node, weight, bias, None)
+            match = LinearMatch(_calling_layer(node) or _layer_name(weight.fqn), node, weight, bias, None)
     if match is None or match.weight.tensor.dim() != 2:
         return None
     if fuse_relu and not match.relu_in_module and len(node.users) == 1:
