@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import sqfx
-from sqfx.format import block_view
+from sqfx.lowering import block_magnitude_mask
 
 try:
     from tqdm.auto import tqdm
@@ -79,23 +79,12 @@ def encoder_linears(model: nn.Module, prefix: str = "encoder.") -> dict[str, nn.
             if isinstance(m, nn.Linear) and name.startswith(prefix)}
 
 
-def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block=(1, 4)) -> torch.Tensor:
-    """Bool block mask [ceil(N/rb), ceil(K/cb)] keeping the (1 - sparsity) blocks of largest L1 norm."""
-    norms = block_view(weight.detach().abs().float(), block).sum(dim=(2, 3))
-    n_drop = int(round(sparsity * norms.numel()))
-    mask = torch.ones_like(norms, dtype=torch.bool)
-    if n_drop > 0:
-        drop = norms.flatten().argsort()[:n_drop]
-        mask.view(-1)[drop] = False
-    return mask
-
-
 def block_prune_(model: nn.Module, sparsity: float, block=(1, 4), prefix: str = "encoder.") -> dict:
     """Zeroes the dropped blocks of every encoder linear in place; returns {fqn: block mask}."""
     masks = {}
     rb, cb = block
     for name, lin in encoder_linears(model, prefix).items():
-        mask = block_magnitude_mask(lin.weight, sparsity, block)
+        mask = block_magnitude_mask(lin.weight, block, sparsity, "l1")
         n, k = lin.weight.shape
         dense = mask.repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
         with torch.no_grad():
@@ -105,47 +94,19 @@ def block_prune_(model: nn.Module, sparsity: float, block=(1, 4), prefix: str = 
 
 
 # ---------------------------------------------------------------- conversion
-# ADAPTER -- the one place that calls sqfx's conversion. Today it swaps each selected
-# nn.Linear for sqfx.SparseQuantLinear.from_float; once the FX pass lands, `converter="fx"`
-# (or making it the default) routes through sqfx.prepare_and_convert with the same masks.
 def convert(model: nn.Module, masks: dict, block=(1, 4), per_channel: bool = True,
-            converter: str = "modules", example_inputs=None, progress: bool = True,
-            act_modes: dict | None = None) -> nn.Module:
-    """A converted copy of `model`: the linears named in `masks` become sqfx layers.
+            example_inputs=None, act_modes: dict | None = None) -> nn.Module:
+    """A converted copy of `model` (sqfx.prepare_and_convert): the linears named in `masks` become
+    sqfx layers with those masks. An HF model comes back as its own class (module by module), so
+    it takes the same keyword calls as the fp32 model.
 
     act_modes: {fqn: "dynamic_int8" | "weight_only"} (missing layers: dynamic_int8).
     """
-    if converter == "fx":
-        config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel,
-                                        masks={k: v for k, v in masks.items() if v is not None},
-                                        include=list(masks),
-                                        overrides={fqn: {"activation": mode} for fqn, mode in (act_modes or {}).items()})
-        out = sqfx.prepare_and_convert(model, config, example_inputs)
-        out = out[0] if isinstance(out, tuple) else out
-        # An HF model is captured with torch.export (symbolic_trace cannot trace it): the result
-        # takes the example's positional arguments, while the demo calls with keywords.
-        return _KeywordsToPositional(out) if not isinstance(out, type(model)) else out
-    if converter != "modules":
-        raise ValueError(f"converter must be 'modules' or 'fx', got {converter!r}")
-    model = copy.deepcopy(model)
-    for fqn in tqdm(list(masks), desc="sqfx convert", unit="layer", disable=not progress):
-        parent_name, _, child = fqn.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, sqfx.SparseQuantLinear.from_float(
-            getattr(parent, child), mask=masks[fqn], block=tuple(block), per_channel=per_channel,
-            act_mode=(act_modes or {}).get(fqn, "dynamic_int8"), layout="auto"))
-    return model
-
-
-class _KeywordsToPositional(nn.Module):
-    """Calls an exported encoder (input_ids, attention_mask) with the demo's keyword inputs."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids, attention_mask):
-        return self.inner(input_ids, attention_mask)
+    config = sqfx.SparseQuantConfig(block=tuple(block), per_channel=per_channel, layout="auto",
+                                    masks={k: v for k, v in masks.items() if v is not None},
+                                    include=list(masks),
+                                    overrides={fqn: {"activation": mode} for fqn, mode in (act_modes or {}).items()})
+    return sqfx.prepare_and_convert(model, config, example_inputs)
 
 
 def torch_dynamic_int8(model: nn.Module, per_channel: bool = True) -> nn.Module:
@@ -209,9 +170,9 @@ def export_pt2(model: nn.Module, inputs: dict, path) -> Path:
 # ---------------------------------------------------------------- the pipeline
 def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, block=(1, 4),
                  shapes=((1, 128), (8, 128)), iters: int = 5, compile_: bool = True,
-                 export_path=None, converter: str = "modules", progress: bool = True,
-                 act_mode: str = "auto", threshold_db: float = 30.0, calibration_inputs=None,
-                 weight_only_row: bool = True, masks: dict | None = None,
+                 export_path=None, progress: bool = True,
+                 act_mode: str = "auto", threshold_db: float = sqfx.config.DEFAULT_ACT_THRESHOLD_DB,
+                 calibration_inputs=None, weight_only_row: bool = True, masks: dict | None = None,
                  dense_reference: torch.Tensor | None = None) -> dict:
     """Prunes, converts, measures. Returns {"rows": [...], "cosine": {...}, "export": ..., "notes": [...]}.
 
@@ -222,7 +183,7 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
     not pruned again. dense_reference: the original dense model's embeddings of eval_inputs;
     each variant's cosine against it goes to result["cosine_dense"].
     """
-    from sqfx.lowering.act_mode import choose_activation_modes
+    from sqfx.calibrate import choose_activation_modes
 
     model = model.eval()
     notes = []
@@ -239,13 +200,12 @@ def run_pipeline(model: nn.Module, eval_inputs: dict, *, sparsity: float = 0.8, 
         act_modes = {fqn: act_mode for fqn in masks}
     else:
         raise ValueError(f"act_mode must be 'auto', 'dynamic_int8' or 'weight_only', got {act_mode!r}")
-    converted = convert(masked, masks, block, converter=converter, example_inputs=example, progress=progress,
-                        act_modes=act_modes)
+    converted = convert(masked, masks, block, example_inputs=example, act_modes=act_modes)
     dyn_int8 = torch_dynamic_int8(masked)
 
     variants = {"fp32 eager": masked, "torch dynamic int8": dyn_int8, "sqfx eager": converted}
     if weight_only_row and act_mode != "weight_only":
-        variants["sqfx weight-only"] = convert(masked, masks, block, progress=False,
+        variants["sqfx weight-only"] = convert(masked, masks, block,
                                                act_modes={fqn: "weight_only" for fqn in masks})
     if compile_ and sqfx_backend_available():
         # The compile door: Dynamo hands the masked fp32 graph to sqfx's backend, which packs
@@ -384,7 +344,7 @@ def sparsify_cached(model: nn.Module, tok, train: list, sparsity: float, *, meth
 
 def accuracy_curve(model: nn.Module, tok, train: list, eval_inputs: dict, sparsities, *, iters: int = 3,
                    progress: bool = True, **sparsify_kw) -> list[dict]:
-    """Per sparsity: sparsify + sqfx int8 (fx converter), accuracy vs the dense fp32 model, and the
+    """Per sparsity: sparsify + sqfx int8 (prepare_and_convert), accuracy vs the dense fp32 model, and the
     speedup of sqfx eager over dense fp32 eager at 8 x 128 tokens."""
     from sqfx.sparsify import SparsifyConfig, allocate
 
@@ -405,7 +365,7 @@ def accuracy_curve(model: nn.Module, tok, train: list, eval_inputs: dict, sparsi
         if sensitivity is None and all(r.sensitivity for r in layers):
             sensitivity = ({r.fqn: r.sensitivity for r in layers},
                            {r.fqn: r.shape[0] * r.shape[1] // (r.block[0] * r.block[1]) for r in layers})
-        converted = convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
+        converted = convert(sparse, sparse.sqfx_masks, example_inputs=example)
         rows.append({"sparsity": sparse.sqfx_sparsify_report.sparsity, "model": sparse,
                      **accuracy(converted, reference, eval_inputs),
                      "speedup": dense_ms / bench(converted, shape, iters=iters), "variant": "sqfx int8"})
@@ -457,10 +417,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--act-mode", choices=("auto", "dynamic_int8", "weight_only"), default="auto",
                     help="activation mode of the 'sqfx' rows; auto: per layer from a calibration run")
-    ap.add_argument("--threshold-db", type=float, default=30.0,
+    ap.add_argument("--threshold-db", type=float, default=sqfx.config.DEFAULT_ACT_THRESHOLD_DB,
                     help="auto: weight_only where dynamic int8's output SQNR is below this")
-    ap.add_argument("--converter", choices=("modules", "fx"), default="fx",
-                    help="'fx' converts through sqfx.prepare_and_convert")
     args = ap.parse_args(argv)
     if any(not 0.0 <= c < 1.0 for c in args.curve):
         ap.error("--curve sparsities must be in [0, 1)")
@@ -494,7 +452,7 @@ def main(argv=None) -> int:
     cal = dict(tok(CALIBRATION, padding=True, return_tensors="pt"))
     calibration = {k: cal[k] for k in ("input_ids", "attention_mask")}
     result = run_pipeline(sparse, eval_inputs, block=tuple(args.block), iters=args.iters,
-                          compile_=not args.no_compile, export_path=args.export or None, converter=args.converter,
+                          compile_=not args.no_compile, export_path=args.export or None,
                           act_mode=args.act_mode, threshold_db=args.threshold_db, calibration_inputs=calibration,
                           masks=masks, dense_reference=dense_reference)
     print(f"\nall-MiniLM-L6-v2, {result['layers']} encoder linears at block {args.block[0]}x{args.block[1]}, "

@@ -82,7 +82,7 @@ def main(argv=None):
                    "fp32": demo.accuracy(sparse, reference, evaluation),
                    "layers": {r.fqn: round(r.sparsity, 3) for r in rep.layers}}
             if not args.no_int8:
-                int8 = demo.convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
+                int8 = demo.convert(sparse, sparse.sqfx_masks, example_inputs=example)
                 row["int8"] = demo.accuracy(int8, reference, evaluation)
             if sensitivity is not None:
                 row["sensitivity"] = sensitivity
@@ -117,7 +117,7 @@ def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, e
                "recovery_cpu_budget": budget, "train_loss_last20": sum(info["losses"][-20:]) / max(1, len(info["losses"][-20:])),
                "fp32": demo.accuracy(sparse, reference, evaluation)}
         if not args.no_int8 and i == len(args.recovery_stages) - 1:
-            int8 = demo.convert(sparse, sparse.sqfx_masks, converter="fx", example_inputs=example, progress=False)
+            int8 = demo.convert(sparse, sparse.sqfx_masks, example_inputs=example)
             row["int8"] = demo.accuracy(int8, reference, evaluation)
         emit(row, args.out)
 

@@ -6,6 +6,7 @@ from .nn import SparseQuantLinear
 from .config import SparseQuantConfig
 from .lowering import ConversionReport
 from .convert import prepare_and_convert
+from . import calibrate
 from .compile_backend import backend
 from .artifacts import aoti_compile, export, load, load_package, save
 # sqfx.sparsify is the package and, callable, its entry point: `sqfx.sparsify(model, data, config)`.

@@ -9,7 +9,6 @@ import the op by construction, and `save` writes a note saying so into the archi
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any, Optional
@@ -24,47 +23,40 @@ IMPORT_HINT = ("This artifact calls torch.ops.sqfx.qlinear_dynamic: run `import 
 _NOTE_NAME = "sqfx.json"
 
 
-def _as_tuple(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    if not isinstance(example_inputs, tuple):
-        raise TypeError(f"sqfx.export: example_inputs must be a tensor or a tuple of inputs, "
-                        f"got {type(example_inputs).__name__}")
-    return example_inputs
-
-
-def export(model: torch.nn.Module, example_inputs, config=None, dynamic_shapes=None, *,
+def export(model: torch.nn.Module, example_inputs=None, config=None, dynamic_shapes=None, *,
            strict: bool = False, example_kwarg_inputs: Optional[dict] = None) -> torch.export.ExportedProgram:
-    """Converts `model` with the sqfx FX pass and exports the result with `torch.export.export`.
+    """Converts `model` with the sqfx conversion core and exports the result with `torch.export.export`.
 
-    example_inputs: a tensor or a tuple of positional inputs.
+    example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs (a
+        tokenizer's BatchEncoding); example_kwarg_inputs: more keyword inputs.
     config: a SparseQuantConfig, a dict of its fields, or None (defaults).
     dynamic_shapes: as for `torch.export.export`, e.g. `({0: Dim("batch"), 1: Dim("seq")},)`.
 
-    The model is captured with torch.export itself (non-strict unless `strict=True`) *with* the
-    dynamic shapes, the captured graph (pre-decomposition ATen: aten.linear -> aten.relu) is
-    rewritten exactly as `prepare_and_convert` rewrites its graphs (same fqns, masks, observers),
-    and the rewritten module is exported again, so the program keeps the dynamic dims. The input
-    model is not mutated. The conversion report is `ep.sqfx_report` (not saved with the program).
+    The model is prepared as every door prepares it (sqfx.prepare: private copy, masks,
+    parametrizations stripped, calibration for activation="auto" on the example inputs), captured
+    with torch.export itself (non-strict unless `strict=True`) *with* the dynamic shapes, the
+    captured graph (pre-decomposition ATen: aten.linear -> aten.relu) is lowered as
+    `prepare_and_convert` lowers its graphs (same fqns, masks, observers, skip rules), and the
+    rewritten module is exported again, so the program keeps the dynamic dims. The input model is
+    not mutated. The conversion report is `ep.sqfx_report` (not saved with the program).
     Save with `sqfx.save` (or torch.export.save); load after `import sqfx`.
     """
     from .config import as_config
     from .lowering import convert_graph
-    from .lowering.mask import collect_module_masks, strip_reparametrizations
+    from .prepare import example_call, prepare
 
     config = as_config(config)
-    args = _as_tuple(example_inputs)
-    work = copy.deepcopy(model).eval()
-    module_masks = collect_module_masks(work)
-    strip_reparametrizations(work)
+    example = example_call(example_inputs, example_kwarg_inputs, "sqfx.export")
+    if example is None:
+        raise TypeError("sqfx.export: example_inputs (or example_kwarg_inputs) are required")
+    prepared = prepare(model, config, example, where="sqfx.export")
+    args, kwargs = example.args, example.kwargs or None
     with torch.no_grad():
-        captured = torch.export.export(work, args, kwargs=example_kwarg_inputs,
+        captured = torch.export.export(prepared.model, args, kwargs=kwargs,
                                        dynamic_shapes=dynamic_shapes, strict=strict).module()
-        report = convert_graph(captured, config, root=work, module_masks=module_masks, capture="torch.export")
-        ep = torch.export.export(captured, args, kwargs=example_kwarg_inputs,
-                                 dynamic_shapes=dynamic_shapes, strict=strict)
+        report = convert_graph(captured, config, root=prepared.model, module_masks=prepared.module_masks,
+                               capture="torch.export", act_modes=prepared.act_modes)
+        ep = torch.export.export(captured, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
     ep.sqfx_report = report
     return ep
 
@@ -125,14 +117,7 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
     instead of stored is refused too: nothing could vouch for it before it reaches the op."""
     from .format import PackedFormatError, validate_packed
 
-    lifted = {}
-    for spec in ep.graph_signature.input_specs:
-        target = getattr(spec, "target", None)
-        if target is None:
-            continue
-        t = ep.state_dict.get(target, ep.constants.get(target))
-        if isinstance(t, torch.Tensor):
-            lifted[spec.arg.name] = t
+    lifted = {name: t for name, (_, t) in _lifted_tensors(ep).items()}
     ops = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
     for node in ep.graph.nodes:
         if node.op != "call_function" or node.target not in ops:
@@ -176,3 +161,55 @@ def aoti_compile(ep: torch.export.ExportedProgram, package_path, inductor_config
 def load_package(path, **kwargs: Any):
     """`torch._inductor.aoti_load_package` with the sqfx op registered; returns the callable."""
     return torch._inductor.aoti_load_package(os.fspath(path), **kwargs)
+
+
+def _lifted_tensors(ep: torch.export.ExportedProgram) -> dict:
+    """{placeholder name: tensor} for the program's lifted parameters, buffers and constants."""
+    lifted = {}
+    for spec in ep.graph_signature.input_specs:
+        target = getattr(spec, "target", None)
+        if target is None:
+            continue
+        t = ep.state_dict.get(target, ep.constants.get(target))
+        if isinstance(t, torch.Tensor):
+            lifted[spec.arg.name] = (target, t)
+    return lifted
+
+
+def report_from_program(ep: torch.export.ExportedProgram):
+    """The ConversionReport of an exported sqfx program, read from its op calls and packed
+    constants (capture "program"; no SQNR or mask source: the fp32 weights are not in it)."""
+    import math
+
+    from .format import PackedLinear
+    from .lowering.report import ConversionReport, LayerReport
+    from .reference import dense_int8
+
+    lifted = _lifted_tensors(ep)
+    dynamic, weight_only = torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default
+    report = ConversionReport(capture="program")
+
+    def get(a):
+        return lifted[a.name][1] if isinstance(a, torch.fx.Node) else None
+
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target not in (dynamic, weight_only):
+            continue
+        if node.target is weight_only:  # (x, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
+            values, row_ptr, col_idx, w_scale, bias = (get(a) for a in node.args[1:6])
+            in_features, relu, mode = int(node.args[6]), bool(node.args[7]), "weight_only"
+            w_sum = dense_int8(values, row_ptr, col_idx, w_scale.shape[0], in_features).sum(1, dtype=torch.int32)
+        else:  # (x, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu)
+            values, row_ptr, col_idx, w_scale, w_sum, bias = (get(a) for a in node.args[1:7])
+            in_features, relu, mode = int(node.args[7]), bool(node.args[8]), "dynamic_int8"
+        per_channel = not bool((w_scale == w_scale[0]).all()) if w_scale.numel() > 1 else False
+        p = PackedLinear(values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, int(w_scale.shape[0]),
+                         per_channel)
+        stack = node.meta.get("nn_module_stack") or {}
+        holder = lifted[node.args[1].name][0].rpartition(".")[0]
+        fqn = list(stack.values())[-1][0] if stack else holder
+        report.layers.append(LayerReport(
+            fqn=fqn, in_features=in_features, out_features=p.out_features, block=p.block, sparsity=p.sparsity,
+            scheme=f"int8 {p.scheme}", relu_fused=relu, sqnr_db=math.nan, mask_source="stored in the program",
+            matched=str(node.target), activation=mode, kernel=p.kernel if mode == "dynamic_int8" else "weight_only"))
+    return report

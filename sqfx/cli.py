@@ -19,26 +19,20 @@ import argparse
 import copy
 import importlib
 import json
+import logging
 import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .format import block_view
-from .nn import SparseQuantLinear
-
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # tqdm is optional: no bar without it
-    def tqdm(it=None, **_):
-        return it
-
-PROGRESS_MIN_LAYERS = 8  # show a bar only when there are enough layers to wait for
+from .config import ACTIVATION_MODES, DEFAULT_ACT_THRESHOLD_DB, ConfigError, SparseQuantConfig
+from .convert import prepare_and_convert
+from .lowering import ConversionReport
 
 
 class CliError(Exception):
@@ -100,177 +94,89 @@ def example_inputs(model: nn.Module, inputs_spec: str | None, input_shape: str |
         except ValueError:
             raise CliError(f"--input-shape must be comma-separated ints, got {input_shape!r}") from None
         return (torch.randn(*shape, generator=torch.Generator().manual_seed(0)),)
-    first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    from .patterns.linear_relu import linear_like
+
+    first = next((found for found in map(linear_like, model.modules()) if found is not None), None)
     if first is None:
-        raise CliError("the model has no nn.Linear to infer an input from: pass --inputs or --input-shape")
-    return (torch.randn(1, first.in_features, generator=torch.Generator().manual_seed(0)),)
+        raise CliError("the model has no linear layer to infer an input from: pass --inputs or --input-shape")
+    return (torch.randn(1, first[0].shape[1], generator=torch.Generator().manual_seed(0)),)
 
 
 # ---------------------------------------------------------------- converting
-def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block) -> torch.Tensor:
-    """Bool block mask keeping the (1 - sparsity) blocks of largest L1 norm."""
-    norms = block_view(weight.detach().abs().float(), block).sum(dim=(2, 3))
-    mask = torch.ones_like(norms, dtype=torch.bool)
-    n_drop = int(round(sparsity * norms.numel()))
-    if n_drop:
-        mask.view(-1)[norms.flatten().argsort()[:n_drop]] = False
-    return mask
+def config_from_args(args) -> SparseQuantConfig:
+    """The library's config for the conversion flags (SparseQuantConfig checks the values)."""
+    if not 0.0 <= args.sparsity < 1.0:
+        raise CliError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    return SparseQuantConfig(block=tuple(args.block), target_sparsity=args.sparsity or None,
+                             per_channel=not args.per_tensor, include=[args.include] if args.include else None,
+                             activation=args.act_mode, act_threshold_db=args.threshold_db)
 
 
-def convert_model(model: nn.Module, sparsity: float = 0.0, block=(1, 4), per_channel: bool = True,
-                  include: str | None = None, progress: bool | None = None, act_modes=None
-                  ) -> tuple[nn.Module, list, nn.Module]:
-    """A converted copy of `model`, its per-layer report rows, and the fp32 model with the same mask.
+def _check_selected(report: ConversionReport, args) -> None:
+    if not report.layers:
+        raise CliError("no linear layer selected" + (f" by --include {args.include!r}" if args.include else ""))
 
-    ADAPTER: swaps each selected nn.Linear for SparseQuantLinear (module by module), so every
-    layer stays a module with its act_mode and packed weight for the report. This is the one
-    place to route through sqfx.prepare_and_convert once its config takes per-layer activation
-    modes (it emits qlinear_dynamic graph calls only today).
-    """
-    import fnmatch
+
+def convert_from_args(args):
+    """(fp32 model, converted model, its ConversionReport), through sqfx.prepare_and_convert."""
+    config = config_from_args(args)
+    model = load_model(args.source)
+    inputs = example_inputs(model, args.inputs, args.input_shape) if config.uses_auto_activation() else None
+    converted = prepare_and_convert(model, config, example_inputs=inputs)
+    _check_selected(converted.sqfx_report, args)
+    return model, converted, converted.sqfx_report
+
+
+def _trace_batch(inputs: tuple) -> tuple:
+    # Trace with a batch of at least 2: torch.export specializes a size-1 dim to the constant 1.
+    return tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() >= 2 and t.shape[0] == 1 else t for t in inputs)
+
+
+def export_from_args(args):
+    """(fp32 model, ExportedProgram) through sqfx.export, every dim dynamic where the model allows."""
+    from .artifacts import export
+
+    config = config_from_args(args)
+    model = load_model(args.source)
+    inputs = _trace_batch(example_inputs(model, args.inputs, args.input_shape))
+    auto = torch.export.Dim.AUTO
+    try:
+        ep = export(model, inputs, config, dynamic_shapes=tuple({d: auto for d in range(t.dim())} for t in inputs))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise CliError(f"sqfx.export of the model failed: {type(e).__name__}: {e}") from None
+    _check_selected(ep.sqfx_report, args)
+    return model, ep
+
+
+def report_json(report: ConversionReport) -> str:
+    return json.dumps({"capture": report.capture, "layers": [asdict(l) for l in report.layers],
+                       "skipped": [asdict(s) for s in report.skipped], "notes": list(report.notes)}, indent=1)
+
+
+def masked_fp32(model: nn.Module, report: ConversionReport) -> nn.Module:
+    """A copy of the fp32 model with the blocks each converted layer dropped zeroed: the pruning
+    the conversion did (the same block_magnitude_mask on the same weight), without the int8."""
+    from .lowering import block_magnitude_mask
+    from .patterns.linear_relu import linear_like
 
     masked = copy.deepcopy(model)
-    model = copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear
-             and (include is None or fnmatch.fnmatchcase(n, include))]
-    if not names:
-        raise CliError("no nn.Linear layer selected" + (f" by --include {include!r}" if include else ""))
-    show = progress if progress is not None else len(names) >= PROGRESS_MIN_LAYERS
-    rows = []
-    for fqn in tqdm(names, desc="sqfx convert", unit="layer", disable=not show):
-        parent_name, _, child = fqn.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        linear = getattr(parent, child)
-        mask = block_magnitude_mask(linear.weight, sparsity, block) if sparsity > 0 else None
-        mode = (act_modes or {}).get(fqn, "dynamic_int8") if not isinstance(act_modes, str) else act_modes
-        layer = SparseQuantLinear.from_float(linear, mask=mask, block=tuple(block), per_channel=per_channel,
-                                             act_mode=mode)
-        fp32_weight = _masked_weight(linear.weight, mask, block)
-        rows.append(layer_row(fqn, layer, fp32_weight=fp32_weight))
+    for layer in report.layers:
+        if not layer.mask_source.startswith("magnitude"):
+            continue
+        module = masked.get_submodule(layer.fqn)
+        weight, _ = linear_like(module)
+        _, norm, sparsity = layer.mask_source.split()
+        keep = block_magnitude_mask(weight, layer.block, float(sparsity), norm)
+        rb, cb = layer.block
+        dense = keep.repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:layer.out_features, :layer.in_features]
         with torch.no_grad():
-            masked.get_submodule(fqn).weight.copy_(fp32_weight)
-        setattr(parent, child, layer)
-    return model, rows, masked
+            module.weight.mul_(dense if module.weight.shape == dense.shape else dense.T)
+    return masked
 
 
-def _masked_weight(weight, mask, block):
-    if mask is None:
-        return weight.detach().float()
-    rb, cb = block
-    n, k = weight.shape
-    return weight.detach().float() * mask.repeat_interleave(rb, 0).repeat_interleave(cb, 1)[:n, :k]
-
-
-# ---------------------------------------------------------------- reporting
-@dataclass
-class LayerRow:
-    name: str
-    shape: str
-    block: str
-    sparsity: float
-    act_mode: str
-    kernel: str
-    sqnr_db: float | None
-    est_speedup: float
-
-
-def _kernel_name(block, act_mode: str = "dynamic_int8") -> str:
-    # The ops dispatch at run time. qlinear_dynamic: main ships the portable kernel only (kept
-    # in one place so the report follows when ISA-specific kernels land). qlinear_weight_only:
-    # AVX2+FMA where the CPU has it, else portable.
-    if act_mode == "weight_only":
-        fast = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        return "wo_avx2" if fast else "wo_generic"
-    return "bsr_generic"
-
-
-def layer_row(fqn: str, layer: SparseQuantLinear, fp32_weight: torch.Tensor | None = None) -> LayerRow:
-    p = layer.packed
-    sqnr = None
-    if fp32_weight is not None:
-        err = (p.unpack() - fp32_weight).pow(2).sum()
-        sig = fp32_weight.pow(2).sum()
-        sqnr = float("inf") if err == 0 else 10 * math.log10(float(sig / err))
-    # Estimated speedup of a memory-bound layer: dense fp32 weight bytes / packed bytes.
-    dense_bytes = 4 * p.out_features * p.in_features
-    return LayerRow(fqn, f"{p.out_features}x{p.in_features}", f"{p.block[0]}x{p.block[1]}", p.sparsity,
-                    getattr(layer, "act_mode", "dynamic_int8"),
-                    _kernel_name(p.block, getattr(layer, "act_mode", "dynamic_int8")), sqnr,
-                    dense_bytes / max(1, p.nbytes()))
-
-
-def rows_from_module(model: nn.Module) -> list:
-    return [layer_row(n, m) for n, m in model.named_modules() if isinstance(m, SparseQuantLinear)]
-
-
-def rows_from_pt2(path: Path) -> list:
-    """Report rows read from the sqfx op calls of an exported program (no SQNR: no fp32 weight)."""
-    from .format import PackedLinear
-
-    ep = torch.export.load(str(path))
-    sig = ep.graph_signature
-    lookup = {**sig.inputs_to_buffers, **sig.inputs_to_parameters,
-              **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-    tensors = {**ep.state_dict, **ep.constants}
-    from .reference import dense_int8
-
-    def tensor(a):
-        return None if a is None else tensors[lookup[a.name]]
-
-    rows = []
-    for node in ep.graph.nodes:
-        target = str(node.target)
-        if node.op != "call_function" or not target.startswith("sqfx."):
-            continue
-        if "qlinear_weight_only" in target:  # (x, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
-            values, row_ptr, col_idx, w_scale, bias = (tensor(a) for a in node.args[1:6])
-            in_features, relu, mode = int(node.args[6]), bool(node.args[7]), "weight_only"
-            w_sum = dense_int8(values, row_ptr, col_idx, w_scale.shape[0], in_features).sum(1, dtype=torch.int32)
-        elif "qlinear_dynamic" in target:  # (x, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu)
-            values, row_ptr, col_idx, w_scale, w_sum, bias = (tensor(a) for a in node.args[1:7])
-            in_features, relu, mode = int(node.args[7]), bool(node.args[8]), "dynamic_int8"
-        else:
-            continue
-        packed = PackedLinear(values, row_ptr, col_idx, w_scale, w_sum, bias, in_features=in_features,
-                              out_features=int(w_scale.shape[0]))
-        layer = SparseQuantLinear(packed, relu=relu, act_mode=mode)
-        name = node.meta.get("nn_module_stack", {})
-        fqn = list(name.values())[-1][0] if name else node.name
-        rows.append(layer_row(fqn, layer))
-    return rows
-
-
-def format_rows(rows: list) -> str:
-    head = (f"{'layer':<40} {'shape':>11} {'block':>5} {'sparsity':>8} {'act mode':>12} "
-            f"{'kernel':>11} {'wSQNR dB':>8} {'est. speedup':>12}")
-    out = [head, "-" * len(head)]
-    for r in rows:
-        sqnr = "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}"
-        out.append(f"{r.name[-40:]:<40} {r.shape:>11} {r.block:>5} {r.sparsity:>8.3f} {r.act_mode:>12} "
-                   f"{r.kernel:>11} {sqnr:>8} {r.est_speedup:>11.1f}x")
-    if rows:
-        mean = sum(r.sparsity for r in rows) / len(rows)
-        out.append(f"{len(rows)} layers, mean block sparsity {mean:.3f}; wSQNR: packed int8 weight vs the "
-                   "masked fp32 weight; est. speedup = fp32 weight bytes / packed bytes (the bound of a "
-                   "memory-bound layer, not a measurement)")
-    return "\n".join(out)
-
-
-# ---------------------------------------------------------------- exporting / timing
-def export(model: nn.Module, inputs: tuple, path: Path) -> Path:
-    """torch.export (batch dim dynamic when possible) + save to .pt2."""
-    # Trace with a batch of at least 2: torch.export specializes a size-1 dim to the constant 1.
-    inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() >= 2 and t.shape[0] == 1 else t
-                   for t in inputs)
-    dyn = tuple({0: torch.export.Dim("batch", min=1, max=4096)} if t.dim() >= 2 else None for t in inputs)
-    try:
-        ep = torch.export.export(model, inputs, dynamic_shapes=dyn, strict=False)
-    except Exception:  # a model that specializes its batch dim still exports statically
-        ep = torch.export.export(model, inputs, strict=False)
-    torch.export.save(ep, str(path))
-    return path
-
-
+# ---------------------------------------------------------------- timing
 @torch.inference_mode()
 def time_ms(fn, inputs: tuple, warmup: int = 1, iters: int = 5) -> float:
     for _ in range(warmup):
@@ -293,65 +199,51 @@ def _add_conversion_args(p):
     p.add_argument("--include", help="fnmatch pattern of the linear names to convert (default all)")
     p.add_argument("--inputs", help="'module:attr' giving example inputs (tensor or tuple)")
     p.add_argument("--input-shape", help="comma-separated shape of one float example input")
-    p.add_argument("--act-mode", choices=("dynamic_int8", "weight_only", "auto"), default="dynamic_int8",
+    p.add_argument("--act-mode", choices=ACTIVATION_MODES, default="dynamic_int8",
                    help="activation mode of every layer; 'auto' picks per layer from a calibration run on "
                         "the example inputs (weight_only where dynamic int8 falls below --threshold-db)")
-    p.add_argument("--threshold-db", type=float, default=30.0, help="SQNR threshold of --act-mode auto")
-
-
-def _convert_from_args(args):
-    if not 0.0 <= args.sparsity < 1.0:
-        raise CliError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-    if min(args.block) <= 0:
-        raise CliError(f"--block sizes must be positive, got {args.block}")
-    model = load_model(args.source)
-    act_modes = args.act_mode
-    if act_modes == "auto":
-        from .lowering.act_mode import choose_activation_modes
-
-        inputs = example_inputs(model, args.inputs, args.input_shape)
-        masks = None
-        if args.sparsity > 0:
-            masks = {n: block_magnitude_mask(m.weight, args.sparsity, tuple(args.block))
-                     for n, m in model.named_modules() if type(m) is nn.Linear}
-        act_modes = choose_activation_modes(model, inputs, masks=masks, block=tuple(args.block),
-                                            per_channel=not args.per_tensor, threshold_db=args.threshold_db)
-    converted, rows, masked = convert_model(model, args.sparsity, tuple(args.block), not args.per_tensor,
-                                            args.include, act_modes=act_modes)
-    return masked, converted, rows
+    p.add_argument("--threshold-db", type=float, default=DEFAULT_ACT_THRESHOLD_DB,
+                   help="SQNR threshold of --act-mode auto")
 
 
 def cmd_convert(args) -> int:
-    model, converted, rows = _convert_from_args(args)
-    inputs = example_inputs(model, args.inputs, args.input_shape)
+    from .artifacts import save
+
+    _, ep = export_from_args(args)
     out = Path(args.output)
-    try:
-        export(converted, inputs, out)
-    except Exception as e:
-        raise CliError(f"torch.export of the converted model failed: {type(e).__name__}: {e}") from None
+    save(ep, out)
     report = out.with_suffix(".report.json")
-    report.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    print(format_rows(rows))
-    print(f"\nwrote {out} (load: `import sqfx; torch.export.load({str(out)!r})`) and {report}")
+    report.write_text(report_json(ep.sqfx_report))
+    print(ep.sqfx_report)
+    print(f"\nwrote {out} (load: `import sqfx; sqfx.load({str(out)!r})`) and {report}")
     return 0
 
 
 def cmd_report(args) -> int:
     if Path(args.source).suffix == ".pt2":
+        from .artifacts import load, report_from_program
+
         if not Path(args.source).exists():
             raise CliError(f"{args.source} does not exist")
-        rows = rows_from_pt2(Path(args.source))
+        export_log = logging.getLogger("torch.export")
+        level = export_log.level
+        export_log.setLevel(logging.ERROR)  # torch logs its own traceback before raising
+        try:
+            report = report_from_program(load(args.source))
+        except Exception as e:  # a foreign or damaged archive: say so, without a traceback
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CliError(f"cannot load {args.source}: {type(e).__name__}: {first}") from None
+        finally:
+            export_log.setLevel(level)
     else:
-        _, _, rows = _convert_from_args(args)
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=1))
-    else:
-        print(format_rows(rows))
+        _, _, report = convert_from_args(args)
+    print(report_json(report) if args.json else report)
     return 0
 
 
 def cmd_bench(args) -> int:
-    model, converted, rows = _convert_from_args(args)
+    model, converted, report = convert_from_args(args)
+    model = masked_fp32(model, report)
     inputs = example_inputs(model, args.inputs, args.input_shape)
     if args.batch:
         if args.batch <= 0:
@@ -369,7 +261,7 @@ def cmd_bench(args) -> int:
     if isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor):
         rel = (got - ref).norm() / ref.norm().clamp(min=1e-30)
         err = f", relative error vs fp32 (same mask) {float(rel):.2e}"
-    print(f"inputs {shapes}, {len(rows)} sqfx layers, {torch.get_num_threads()} threads, median of {args.iters}")
+    print(f"inputs {shapes}, {len(report.layers)} sqfx layers, {torch.get_num_threads()} threads, median of {args.iters}")
     print(f"fp32 eager   {fp32_ms:9.3f} ms")
     print(f"sqfx eager   {sqfx_ms:9.3f} ms   speedup {fp32_ms / sqfx_ms:.2f}x{err}")
     return 0
@@ -382,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conversion_args(p)
     p.add_argument("-o", "--output", default="model_sqfx.pt2", help="the .pt2 to write")
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("report", help="per-layer table: shape, block, sparsity, mode, kernel, SQNR")
+    p = sub.add_parser("report", help="the conversion report: per layer shape, block, sparsity, mode, kernel, SQNR")
     _add_conversion_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_report)
@@ -458,6 +350,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as e:
+    except (CliError, ConfigError) as e:
         print(f"sqfx: error: {e}", file=sys.stderr)
         return 2

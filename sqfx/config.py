@@ -18,8 +18,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-LAYOUTS = ("auto", "sparse", "dense")
-ACTIVATION_MODES = ("dynamic_int8", "weight_only", "auto")
+from .format import LAYOUTS
+
+# How a converted layer treats its activations: "dynamic_int8" quantizes them per row to uint8
+# (the integer kernel, sqfx::qlinear_dynamic); "weight_only" keeps them fp32 and dequantizes the
+# int8 weights on the fly (sqfx::qlinear_weight_only), for layers whose inputs have outliers.
+ACT_MODES = ("dynamic_int8", "weight_only")
+# The config may also say "auto": chosen per layer by calibration (sqfx.calibrate).
+ACTIVATION_MODES = ACT_MODES + ("auto",)
+DEFAULT_ACT_THRESHOLD_DB = 30.0  # activation="auto": weight_only below this dynamic-int8 SQNR
 PRUNE_NORMS = ("l1", "l2")
 UNSTRUCTURED_MASK_POLICIES = ("error", "coarsen")
 # Fields a per-layer override may set (the rest are global by nature).
@@ -152,7 +159,7 @@ class SparseQuantConfig:
     prune_norm: str = "l1"
     per_channel: bool = True
     activation: str = "dynamic_int8"
-    act_threshold_db: float = 30.0
+    act_threshold_db: float = DEFAULT_ACT_THRESHOLD_DB
     layout: str = "auto"
     filter_fn: Optional[Callable[[Any, str], bool]] = None
     include: Optional[Sequence] = None

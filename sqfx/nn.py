@@ -4,12 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import ACT_MODES
 from .format import FORMAT_VERSION, PackedFormatError, PackedLinear, pack, validate_packed
-
-# How a layer treats its activations: "dynamic_int8" quantizes them per row to uint8 (the
-# integer kernel, sqfx::qlinear_dynamic); "weight_only" keeps them fp32 and dequantizes the int8
-# weights on the fly (sqfx::qlinear_weight_only), for layers whose inputs have outliers.
-ACT_MODES = ("dynamic_int8", "weight_only")
 
 
 def _check_act_mode(act_mode) -> str:

@@ -15,10 +15,23 @@ def example_inputs():
 NOT_A_MODULE = 42
 
 
-def make_deep() -> nn.Module:
-    """Enough layers for the conversion progress bar (sqfx.cli.PROGRESS_MIN_LAYERS)."""
+class Functional(nn.Module):
+    """F.linear over parameters plus a fused nn.Linear -> nn.ReLU (the CLI used to miss the first
+    and name the second after its ReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Parameter(torch.randn(16, 64) * 0.1)
+
+    def forward(self, x):
+        return nn.functional.linear(self.act(self.fc1(x)), self.fc2)
+
+
+def make_functional() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(*[nn.Linear(16, 16) for _ in range(10)])
+    return Functional()
 
 
 def calibration_batches():

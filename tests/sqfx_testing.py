@@ -79,3 +79,15 @@ def kept_blocks(packed, block):
     if packed.layout == "dense":
         return block_view(packed.unpack(), block).ne(0).any(dim=3).any(dim=2)
     return packed.block_mask()
+
+
+def packed_layer(converted: nn.Module, fqn: str):
+    """The PackedLinear a converted model runs for layer `fqn`: the SparseQuantLinear holder
+    `sqfx_<fqn>` of a graph-path model, or the swapped-in module of a module-swap one."""
+    import re
+
+    holder = getattr(converted, "sqfx_" + re.sub(r"[^0-9A-Za-z_]", "_", fqn), None)
+    if holder is None:
+        holder = converted.get_submodule(fqn)
+    assert isinstance(holder, sqfx.SparseQuantLinear), (fqn, type(holder))
+    return holder.packed

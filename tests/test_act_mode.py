@@ -1,4 +1,4 @@
-"""Per-layer activation mode choice from a calibration run (sqfx.lowering.act_mode)."""
+"""Per-layer activation mode choice from a calibration run (sqfx.calibrate)."""
 import math
 from types import SimpleNamespace
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sqfx
-from sqfx.lowering.act_mode import activation_sensitivity, apply_activation_modes, choose_activation_modes
+from sqfx.calibrate import activation_sensitivity, apply_activation_modes, choose_activation_modes
 
 
 class OutlierNet(nn.Module):

@@ -24,20 +24,39 @@ def test_convert_writes_a_pt2_that_runs_like_the_converted_model(tmp_path):
     out = tmp_path / "mlp.pt2"
     r = run_cli("convert", FACTORY, "--sparsity", "0.5", "-o", str(out))
     assert r.returncode == 0, r.stderr
+    assert "sqfx conversion report (capture: torch.export): 3 converted" in r.stdout
     assert out.exists() and out.with_suffix(".report.json").exists()
-    rows = json.loads(out.with_suffix(".report.json").read_text())
-    assert [row["name"] for row in rows] == ["0", "2", "4"]
-    assert all(abs(row["sparsity"] - 0.5) < 0.02 for row in rows)
-    assert all(row["sqnr_db"] > 30 for row in rows)
-    # The exported program computes what the in-process conversion computes, at a new batch size.
+    layers = json.loads(out.with_suffix(".report.json").read_text())["layers"]
+    assert [row["fqn"] for row in layers] == ["0", "2", "4"]
+    assert all(abs(row["sparsity"] - 0.5) < 0.02 for row in layers)
+    assert all(row["sqnr_db"] > 30 for row in layers)
+    # The exported program computes what the library's conversion computes, at a new batch size.
     import sqfx
-    from sqfx.cli import convert_model
     from tests.cli_factory import make_mlp
 
-    converted, _, _ = convert_model(make_mlp(), 0.5, (1, 4))
-    ep = torch.export.load(str(out))
+    converted = sqfx.prepare_and_convert(make_mlp(), sqfx.SparseQuantConfig(target_sparsity=0.5))
+    assert [l.kernel for l in converted.sqfx_report.layers] == [row["kernel"] for row in layers]
+    ep = sqfx.load(str(out))
     x = torch.randn(7, 32)
     assert torch.equal(ep.module()(x), converted(x))
+
+
+def test_the_cli_prints_the_library_report(capsys, monkeypatch):
+    """The CLI's report is the library's ConversionReport: real kernel names, layout=auto, F.linear
+    layers, fused layers named after their linear (bug 8)."""
+    import sqfx
+    from sqfx.cli import main
+    from tests.cli_factory import make_functional
+
+    monkeypatch.chdir(REPO)
+    assert main(["report", "tests.cli_factory:make_functional", "--sparsity", "0.5", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    expected = sqfx.prepare_and_convert(make_functional(), sqfx.SparseQuantConfig(target_sparsity=0.5)).sqfx_report
+    assert [l["fqn"] for l in got["layers"]] == expected.converted == ["fc1", "fc2"]
+    assert [l["kernel"] for l in got["layers"]] == [l.kernel for l in expected.layers]
+    assert [l["relu_fused"] for l in got["layers"]] == [True, False]
+    assert main(["report", "tests.cli_factory:make_functional", "--sparsity", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == str(expected).strip()
 
 
 def test_report_from_factory_and_from_pt2_agree(tmp_path, capsys, monkeypatch):
@@ -48,17 +67,24 @@ def test_report_from_factory_and_from_pt2_agree(tmp_path, capsys, monkeypatch):
     assert main(["convert", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "-o", str(out)]) == 0
     capsys.readouterr()
     assert main(["report", FACTORY, "--sparsity", "0.75", "--block", "2", "4", "--json"]) == 0
-    ra = json.loads(capsys.readouterr().out)
+    ra = json.loads(capsys.readouterr().out)["layers"]
     b = run_cli("report", str(out), "--json")  # a fresh process: the .pt2 loads after `import sqfx`
     assert b.returncode == 0, b.stderr
-    rb = json.loads(b.stdout)
+    rb = json.loads(b.stdout)["layers"]
     for x, y in zip(ra, rb, strict=True):
-        assert (x["name"], x["shape"], x["block"], x["act_mode"]) == (y["name"], y["shape"], y["block"], y["act_mode"])
-        assert x["sparsity"] == pytest.approx(y["sparsity"])
-        assert y["sqnr_db"] is None  # the .pt2 has no fp32 weight to compare with
+        keys = ("fqn", "in_features", "out_features", "activation", "kernel", "relu_fused")
+        assert [x[k] for k in keys] == [y[k] for k in keys]
+        assert y["sqnr_db"] != y["sqnr_db"]  # NaN: the .pt2 has no fp32 weight to compare with
     assert main(["report", FACTORY]) == 0
     table = capsys.readouterr().out
-    assert "act mode" in table and "dynamic_int8" in table and "64x32" in table
+    assert "activations" in table and "dynamic_int8" in table and "64 x 32" in table
+
+
+def test_report_of_a_broken_pt2_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a zip archive")
+    r = run_cli("report", str(bad))
+    assert r.returncode == 2 and "sqfx: error: cannot load" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bench_times_both_and_checks_the_error():
@@ -76,7 +102,8 @@ def test_bench_times_both_and_checks_the_error():
     (("report", "tests.cli_factory:missing"), "has no attribute 'missing'"),
     (("report", "does/not/exist.pt"), "neither an existing file"),
     (("report", FACTORY, "--sparsity", "1.5"), "--sparsity must be in [0, 1)"),
-    (("report", FACTORY, "--include", "nothing*"), "no nn.Linear layer selected"),
+    (("report", FACTORY, "--include", "nothing*"), "no linear layer selected"),
+    (("report", FACTORY, "--block", "0", "4"), "block must be two positive ints"),
     (("bench", FACTORY, "--input-shape", "2,x"), "--input-shape must be comma-separated ints"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys, monkeypatch):
@@ -102,7 +129,7 @@ def test_saved_model_file_and_include(tmp_path, capsys):
     from sqfx.cli import main
 
     assert main(["report", str(path), "--include", "2", "--json"]) == 0
-    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["2"]
+    assert [row["fqn"] for row in json.loads(capsys.readouterr().out)["layers"]] == ["2"]
 
 
 def test_act_modes_reach_the_pt2_and_its_report(tmp_path, capsys, monkeypatch):
@@ -113,24 +140,11 @@ def test_act_modes_reach_the_pt2_and_its_report(tmp_path, capsys, monkeypatch):
     assert main(["convert", FACTORY, "--act-mode", "weight_only", "-o", str(out)]) == 0
     capsys.readouterr()
     assert main(["report", str(out), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["act_mode"] for r in rows] == ["weight_only"] * 3
-    assert all(r["kernel"].startswith("wo_") for r in rows)
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert [r["activation"] for r in rows] == ["weight_only"] * 3
+    assert all(r["kernel"] == "weight_only" for r in rows)
     # auto: a threshold above every layer's SQNR picks weight_only everywhere, below none.
     assert main(["report", FACTORY, "--act-mode", "auto", "--threshold-db", "1000", "--json"]) == 0
-    assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"weight_only"}
+    assert {r["activation"] for r in json.loads(capsys.readouterr().out)["layers"]} == {"weight_only"}
     assert main(["report", FACTORY, "--act-mode", "auto", "--threshold-db", "-1000", "--json"]) == 0
-    assert {r["act_mode"] for r in json.loads(capsys.readouterr().out)} == {"dynamic_int8"}
-
-
-def test_progress_bar_for_many_layers_only(capsys, monkeypatch):
-    pytest.importorskip("tqdm", reason="tqdm is not installed: no progress bar to check")
-    from sqfx.cli import main
-
-    monkeypatch.chdir(REPO)
-    assert main(["report", "tests.cli_factory:make_deep", "--json"]) == 0
-    deep = capsys.readouterr()
-    assert "sqfx convert" in deep.err and "10/10" in deep.err
-    assert len(json.loads(deep.out)) == 10
-    assert main(["report", FACTORY, "--json"]) == 0
-    assert "sqfx convert" not in capsys.readouterr().err  # 3 layers: no bar
+    assert {r["activation"] for r in json.loads(capsys.readouterr().out)["layers"]} == {"dynamic_int8"}

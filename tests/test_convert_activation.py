@@ -40,7 +40,7 @@ def test_auto_follows_the_calibration():
     model = _model()
     x = torch.randn(64, 32)
     x[:, 5] = 400.0  # an outlier channel costs the first layer's uint8 activations resolution
-    sens = sqfx.lowering.act_mode.activation_sensitivity(model, (x,))
+    sens = sqfx.calibrate.activation_sensitivity(model, (x,))
     others = min(sens["2"].sqnr_dynamic_db, sens["4"].sqnr_dynamic_db)
     assert sens["0"].sqnr_dynamic_db < others
     threshold = (sens["0"].sqnr_dynamic_db + others) / 2

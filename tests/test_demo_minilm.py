@@ -31,7 +31,7 @@ def setup():
 @pytest.mark.slow
 def test_minilm_accuracy_at_zero_sparsity(setup):
     demo, model, tok, inputs, ref = setup
-    from sqfx.lowering.act_mode import choose_activation_modes
+    from sqfx.calibrate import choose_activation_modes
 
     masks = {name: None for name in demo.encoder_linears(model)}
     enc = tok(demo.CALIBRATION, padding=True, return_tensors="pt")
@@ -40,9 +40,9 @@ def test_minilm_accuracy_at_zero_sparsity(setup):
     cos = {
         "torch per-tensor": demo.cosine(demo.torch_dynamic_int8(model, per_channel=False), ref, inputs),
         "torch per-channel": demo.cosine(demo.torch_dynamic_int8(model, per_channel=True), ref, inputs),
-        "sqfx default": demo.cosine(demo.convert(model, masks, progress=False), ref, inputs),
-        "sqfx auto": demo.cosine(demo.convert(model, masks, progress=False, act_modes=auto), ref, inputs),
-        "sqfx weight-only": demo.cosine(demo.convert(model, masks, progress=False,
+        "sqfx default": demo.cosine(demo.convert(model, masks), ref, inputs),
+        "sqfx auto": demo.cosine(demo.convert(model, masks, act_modes=auto), ref, inputs),
+        "sqfx weight-only": demo.cosine(demo.convert(model, masks,
                                                      act_modes={n: "weight_only" for n in masks}), ref, inputs),
     }
     n_wo = sum(m == "weight_only" for m in auto.values())

@@ -102,7 +102,17 @@ def test_excluded_layer_stays_fp32_linear():
 
 def test_bad_example_inputs_name_the_problem():
     with pytest.raises(TypeError, match="example_inputs"):
-        sqfx.export(MLP(), {"x": torch.randn(2, D)})
+        sqfx.export(MLP(), "x")
+    with pytest.raises(TypeError, match="example_inputs"):
+        sqfx.export(MLP())
+
+
+def test_dict_example_is_keyword_inputs():
+    """A dict (a tokenizer's BatchEncoding) is the model's keyword inputs, never its key strings."""
+    model, x = MLP().eval(), torch.randn(2, 3, D)
+    ep = sqfx.export(model, {"x": x})
+    assert ep.sqfx_report.converted == ["fc1", "fc2", "fc3"]
+    assert torch.equal(ep.module()(x=x), eager(model, None)(x))
 
 
 def test_archive_carries_the_import_hint(tmp_path):

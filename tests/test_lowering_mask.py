@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import sqfx
+from sqfx_testing import packed_layer
 from sqfx.lowering import block_magnitude_mask, choose_mask, collect_module_masks
 from sqfx.lowering.mask import (SOURCE_CONFIG, SOURCE_FAKE_SPARSITY, SOURCE_NONE, SOURCE_PRUNE,
                                 SOURCE_QCONFIG)
@@ -32,10 +33,7 @@ class Net(nn.Module):
 
 
 def stored_block_mask(converted):
-    gm = converted
-    p = sqfx.PackedLinear(gm.sqfx_fc_values, gm.sqfx_fc_row_ptr, gm.sqfx_fc_col_idx, gm.sqfx_fc_w_scale,
-                          gm.sqfx_fc_w_sum, gm.sqfx_fc_bias, 16, 8)
-    return p.block_mask()
+    return packed_layer(converted, "fc").block_mask()
 
 
 def test_config_mask():
@@ -137,8 +135,7 @@ def test_unstructured_mask_coarsened_with_warning():
                                                                    on_unstructured_mask="coarsen"))
     bm = stored_block_mask(out)
     assert bool(bm[0, 0]) and not bool(bm[1, 1]) and int(bm.sum()) == 31
-    deq = sqfx.PackedLinear(out.sqfx_fc_values, out.sqfx_fc_row_ptr, out.sqfx_fc_col_idx, out.sqfx_fc_w_scale,
-                            out.sqfx_fc_w_sum, None, 16, 8).unpack()
+    deq = packed_layer(out, "fc").unpack()
     assert deq[0, 1] == 0 and bool((deq[1, 4:8] == 0).all())
 
 

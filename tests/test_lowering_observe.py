@@ -6,6 +6,7 @@ from torch.ao.quantization import (MinMaxObserver, PerChannelMinMaxObserver, QCo
                                    default_dynamic_quant_observer)
 
 import sqfx
+from sqfx_testing import packed_layer
 from sqfx.lowering import MinMaxSymmetricObserver, weight_scales
 
 
@@ -59,4 +60,4 @@ def test_observer_scales_reach_the_packed_layer():
     out = sqfx.prepare_and_convert(net, sqfx.SparseQuantConfig(observer=obs))
     expected = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     expected(net[0].weight.detach())
-    assert torch.equal(getattr(out, "sqfx_0_w_scale"), expected.calculate_qparams()[0].float())
+    assert torch.equal(packed_layer(out, "0").w_scale, expected.calculate_qparams()[0].float())

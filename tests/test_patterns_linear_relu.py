@@ -91,7 +91,7 @@ def test_dynamo_graph_rewritten():
     assert relu_flags(gm) == [True] * 8 + [False]
     assert not [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (F.linear, F.relu, torch.relu)]
     # Without `root`, names come from Dynamo's placeholder names.
-    assert op_nodes(gm)[0].args[1].target == "sqfx_mod_values"
+    assert op_nodes(gm)[0].args[1].target == "sqfx_mod.values"
     assert y.shape == (3, 8)
 
 
@@ -156,18 +156,18 @@ class GraphPrintouts(TestCase):
         sqfx.lowering.convert_graph(gm)
         self.assertExpectedInline(gm.code.strip(), """\
 def forward(self, x):
-    sqfx_fc1_values = self.sqfx_fc1_values
-    sqfx_fc1_row_ptr = self.sqfx_fc1_row_ptr
-    sqfx_fc1_col_idx = self.sqfx_fc1_col_idx
-    sqfx_fc1_w_scale = self.sqfx_fc1_w_scale
-    sqfx_fc1_w_sum = self.sqfx_fc1_w_sum
-    sqfx_fc1_bias = self.sqfx_fc1_bias
-    qlinear_dynamic_default = torch.ops.sqfx.qlinear_dynamic.default(x, sqfx_fc1_values, sqfx_fc1_row_ptr, sqfx_fc1_col_idx, sqfx_fc1_w_scale, sqfx_fc1_w_sum, sqfx_fc1_bias, 8, True);  x = sqfx_fc1_values = sqfx_fc1_row_ptr = sqfx_fc1_col_idx = sqfx_fc1_w_scale = sqfx_fc1_w_sum = sqfx_fc1_bias = None
-    sqfx_fc2_values = self.sqfx_fc2_values
-    sqfx_fc2_row_ptr = self.sqfx_fc2_row_ptr
-    sqfx_fc2_col_idx = self.sqfx_fc2_col_idx
-    sqfx_fc2_w_scale = self.sqfx_fc2_w_scale
-    sqfx_fc2_w_sum = self.sqfx_fc2_w_sum
+    sqfx_fc1_values = self.sqfx_fc1.values
+    sqfx_fc1_row_ptr = self.sqfx_fc1.row_ptr
+    sqfx_fc1_col_idx = self.sqfx_fc1.col_idx
+    sqfx_fc1_w_scale = self.sqfx_fc1.w_scale
+    sqfx_fc1_w_sum = self.sqfx_fc1.w_sum
+    sqfx_fc1_fp32_bias = self.sqfx_fc1.fp32_bias
+    qlinear_dynamic_default = torch.ops.sqfx.qlinear_dynamic.default(x, sqfx_fc1_values, sqfx_fc1_row_ptr, sqfx_fc1_col_idx, sqfx_fc1_w_scale, sqfx_fc1_w_sum, sqfx_fc1_fp32_bias, 8, True);  x = sqfx_fc1_values = sqfx_fc1_row_ptr = sqfx_fc1_col_idx = sqfx_fc1_w_scale = sqfx_fc1_w_sum = sqfx_fc1_fp32_bias = None
+    sqfx_fc2_values = self.sqfx_fc2.values
+    sqfx_fc2_row_ptr = self.sqfx_fc2.row_ptr
+    sqfx_fc2_col_idx = self.sqfx_fc2.col_idx
+    sqfx_fc2_w_scale = self.sqfx_fc2.w_scale
+    sqfx_fc2_w_sum = self.sqfx_fc2.w_sum
     qlinear_dynamic_default_1 = torch.ops.sqfx.qlinear_dynamic.default(qlinear_dynamic_default, sqfx_fc2_values, sqfx_fc2_row_ptr, sqfx_fc2_col_idx, sqfx_fc2_w_scale, sqfx_fc2_w_sum, None, 8, False);  qlinear_dynamic_default = sqfx_fc2_values = sqfx_fc2_row_ptr = sqfx_fc2_col_idx = sqfx_fc2_w_scale = sqfx_fc2_w_sum = None
     return qlinear_dynamic_default_1""")
 
@@ -178,7 +178,7 @@ def forward(self, x):
         sqfx.lowering.convert_graph(gm, root=model)
         ops = [n for n in gm.graph.nodes if n.op == "call_function"]
         self.assertExpectedInline("\n".join(f"{n.target}{tuple(a.name if isinstance(a, fx.Node) else a for a in n.args)}" for n in ops), """\
-sqfx.qlinear_dynamic.default('x', 'sqfx_fc1_values', 'sqfx_fc1_row_ptr', 'sqfx_fc1_col_idx', 'sqfx_fc1_w_scale', 'sqfx_fc1_w_sum', 'sqfx_fc1_bias', 8, True)
+sqfx.qlinear_dynamic.default('x', 'sqfx_fc1_values', 'sqfx_fc1_row_ptr', 'sqfx_fc1_col_idx', 'sqfx_fc1_w_scale', 'sqfx_fc1_w_sum', 'sqfx_fc1_fp32_bias', 8, True)
 sqfx.qlinear_dynamic.default('qlinear_dynamic_default', 'sqfx_fc2_values', 'sqfx_fc2_row_ptr', 'sqfx_fc2_col_idx', 'sqfx_fc2_w_scale', 'sqfx_fc2_w_sum', None, 8, False)""")
 
 
@@ -230,18 +230,18 @@ placeholder L_self_modules_fc1_parameters_weight_
 placeholder L_self_modules_fc1_parameters_bias_
 placeholder L_x_
 placeholder L_self_modules_fc2_parameters_weight_
-get_attr sqfx_fc1_values
-get_attr sqfx_fc1_row_ptr
-get_attr sqfx_fc1_col_idx
-get_attr sqfx_fc1_w_scale
-get_attr sqfx_fc1_w_sum
-get_attr sqfx_fc1_bias
-call_function sqfx.qlinear_dynamic.default ('l_x_', 'sqfx_fc1_values', 'sqfx_fc1_row_ptr', 'sqfx_fc1_col_idx', 'sqfx_fc1_w_scale', 'sqfx_fc1_w_sum', 'sqfx_fc1_bias', 8, True)
-get_attr sqfx_fc2_values
-get_attr sqfx_fc2_row_ptr
-get_attr sqfx_fc2_col_idx
-get_attr sqfx_fc2_w_scale
-get_attr sqfx_fc2_w_sum
+get_attr sqfx_fc1.values
+get_attr sqfx_fc1.row_ptr
+get_attr sqfx_fc1.col_idx
+get_attr sqfx_fc1.w_scale
+get_attr sqfx_fc1.w_sum
+get_attr sqfx_fc1.fp32_bias
+call_function sqfx.qlinear_dynamic.default ('l_x_', 'sqfx_fc1_values', 'sqfx_fc1_row_ptr', 'sqfx_fc1_col_idx', 'sqfx_fc1_w_scale', 'sqfx_fc1_w_sum', 'sqfx_fc1_fp32_bias', 8, True)
+get_attr sqfx_fc2.values
+get_attr sqfx_fc2.row_ptr
+get_attr sqfx_fc2.col_idx
+get_attr sqfx_fc2.w_scale
+get_attr sqfx_fc2.w_sum
 call_function sqfx.qlinear_dynamic.default ('qlinear_dynamic_default', 'sqfx_fc2_values', 'sqfx_fc2_row_ptr', 'sqfx_fc2_col_idx', 'sqfx_fc2_w_scale', 'sqfx_fc2_w_sum', None, 8, False)
 output output""")
 

@@ -5,6 +5,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of `approx` against `reference`, in dB (inf when equal)."""
+    signal = float(reference.double().pow(2).sum())
+    noise = float((reference.double() - approx.double()).pow(2).sum())
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
 
 @dataclass
 class LayerReport:

@@ -1,5 +1,6 @@
-"""The graph rewrite: each match becomes one `torch.ops.sqfx.qlinear_dynamic.default` call whose
-packed tensors are `get_attr` buffers on the GraphModule; the fp32 weight leaves the module."""
+"""The graph rewrite (the graph emitter of step 2): each match goes through LayerLowering and
+becomes one `torch.ops.sqfx.qlinear_dynamic` / `qlinear_weight_only` call whose packed tensors
+are `get_attr` buffers of a SparseQuantLinear submodule; the fp32 weight leaves the module."""
 from __future__ import annotations
 
 import copy
@@ -11,29 +12,31 @@ from torch import fx, nn
 
 from .. import ops  # noqa: F401  (the op must be registered before a graph can call it)
 from ..config import SparseQuantConfig, as_config
+from ..nn import _BUFFER, SparseQuantLinear
 from ..patterns import LinearMatch, find_linear_matches
-from ..patterns.linear_relu import PlaceholderResolver
-from .layer import lower_layer
+from ..patterns.linear_relu import PlaceholderResolver, linear_like
+from .layer import MHA_REASON, LayerLowering, LayerUse, inside_multihead_attention
 from .mask import collect_module_masks
-from .report import ConversionReport, LayerReport, SkippedLayer
+from .report import ConversionReport, SkippedLayer
 
 QLINEAR = torch.ops.sqfx.qlinear_dynamic.default
 QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
-_PACKED_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
 
 
 def _describe(match: LinearMatch) -> str:
     node = match.linear_node
     if node.op == "call_module":
-        return "LinearReLU module" if match.relu_in_module else "nn.Linear module"
+        if match.relu_in_module:
+            return "LinearReLU module"
+        return "Conv1D module" if match.weight_transposed else "nn.Linear module"
     target = node.target
     return str(target) if isinstance(target, torch._ops.OpOverload) else f"{target.__module__}.{target.__name__}"
 
 
-def _buffer_prefix(gm: nn.Module, fqn: str) -> str:
+def _holder_name(gm: nn.Module, fqn: str) -> str:
     base = "sqfx_" + re.sub(r"[^0-9A-Za-z_]", "_", fqn)
     name, i = base, 1
-    while any(hasattr(gm, f"{name}_{f}") for f in _PACKED_FIELDS):
+    while hasattr(gm, name):
         name, i = f"{base}_{i}", i + 1
     return name
 
@@ -48,33 +51,34 @@ def _lookup_module(root: Optional[nn.Module], fqn: str):
     return mod
 
 
-def resolve_activation(settings_activation: str, fqn: str, act_modes) -> str:
-    """The layer's activation mode: "auto" is looked up in the calibration's choices."""
-    if settings_activation != "auto":
-        return settings_activation
-    return (act_modes or {}).get(fqn, "dynamic_int8")
-
-
-def _emit(gm: fx.GraphModule, match: LinearMatch, attrs: dict, in_features: int, relu: bool,
-          activation: str) -> fx.Node:
+def _emit(gm: fx.GraphModule, match: LinearMatch, holder: str, use: LayerUse) -> fx.Node:
+    """Replaces the match by one op call reading the packed tensors of the SparseQuantLinear
+    `holder` (a submodule of gm: its state_dict validates on load, and module casts such as
+    .half() leave its int8 / fp32 tensors alone)."""
     graph = gm.graph
     out = match.output_node
+    p = use.packed
     with graph.inserting_before(match.linear_node):
-        used = [f for f in attrs if not (activation == "weight_only" and f == "w_sum")]
-        g = {f: (graph.get_attr(attrs[f]) if attrs[f] is not None else None) for f in used}
-        if activation == "weight_only":
+        def attr(name):
+            return graph.get_attr(f"{holder}.{_BUFFER[name]}") if getattr(p, name) is not None else None
+
+        x = match.input_node
+        if use.activation == "weight_only":
             node = graph.call_function(QLINEAR_WEIGHT_ONLY, (
-                match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["bias"],
-                in_features, relu))
+                x, attr("values"), attr("row_ptr"), attr("col_idx"), attr("w_scale"), attr("bias"),
+                p.in_features, use.relu))
         else:
             node = graph.call_function(QLINEAR, (
-                match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["w_sum"],
-                g["bias"], in_features, relu))
-    node.meta.update({k: v for k, v in out.meta.items() if k in ("val", "example_value", "tensor_meta",
-                                                                   "stack_trace", "nn_module_stack")})
-    out.replace_all_uses_with(node)
-    if match.relu_node is not None:
-        graph.erase_node(match.relu_node)
+                x, attr("values"), attr("row_ptr"), attr("col_idx"), attr("w_scale"), attr("w_sum"),
+                attr("bias"), p.in_features, use.relu))
+    # Shapes from the value the op replaces; the module stack (the layer's name in later
+    # exports) from the linear, not from a fused ReLU module.
+    node.meta.update({k: v for k, v in out.meta.items() if k in ("val", "example_value", "tensor_meta")})
+    node.meta.update({k: v for k, v in match.linear_node.meta.items() if k in ("stack_trace", "nn_module_stack")})
+    relu_node = match.relu_node if use.relu and not match.relu_in_module else None
+    (relu_node or match.linear_node).replace_all_uses_with(node)
+    if relu_node is not None:
+        graph.erase_node(relu_node)
     graph.erase_node(match.linear_node)
     return node
 
@@ -102,6 +106,23 @@ def _drop_unused_fp32(gm: fx.GraphModule, attr_nodes: set) -> None:
     gm.delete_all_unused_submodules()
 
 
+def report_left_out(root: nn.Module, report: ConversionReport, capture: str) -> None:
+    """Files every linear-like module of `root` the graph never called as a linear (and no rule
+    skipped) as skipped, with the reason, so that no layer is left out silently."""
+    seen = set(report.converted) | {s.fqn for s in report.skipped}
+    for fqn, module in root.named_modules():
+        prefix = f"{fqn}." if fqn else ""
+        if isinstance(module, nn.MultiheadAttention):  # its input projection is a bare parameter
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(module, name, None) is not None and prefix + name not in seen:
+                    report.skipped.append(SkippedLayer(prefix + name, MHA_REASON))
+        if linear_like(module) is None or fqn in seen or any(n.startswith(prefix) for n in seen):
+            continue
+        reason = MHA_REASON if inside_multihead_attention(root, fqn) else (
+            f"not called as a linear in the {capture} graph (its weight is read some other way)")
+        report.skipped.append(SkippedLayer(fqn, reason))
+
+
 def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None, *,
                   root: Optional[nn.Module] = None,
                   resolve_placeholder: Optional[PlaceholderResolver] = None,
@@ -111,9 +132,10 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
     """Rewrites every selected linear (+ReLU) of `gm` in place; returns the report.
 
     gm: a GraphModule from torch.fx.symbolic_trace, a Dynamo backend, or `ExportedProgram.module()`
-        (pre-decomposition aten). Packed tensors are registered as buffers on gm.
+        (pre-decomposition aten). Each packed layer becomes a SparseQuantLinear submodule of gm
+        (`sqfx_<fqn>`) whose buffers the op call reads with get_attr.
     root: the model the graph came from, used to find modules by fqn (for filter_fn, include /
-        exclude by type, and masks carried by modules). Defaults to gm.
+        exclude by type, masks carried by modules, and the report of layers left out). Defaults to gm.
     resolve_placeholder: node -> (fqn, tensor) | None for graphs whose parameters are inputs
         (Dynamo: sqfx.patterns.dynamo_param_resolver(gm, example_inputs, root)). Those
         placeholders stay in the signature, unused.
@@ -122,58 +144,33 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
         activation setting is "auto" (without it, "auto" layers use dynamic_int8, noted in the report).
     """
     config = as_config(config)
+    graph_root = root
     root = root if root is not None else gm
     if module_masks is None:
         module_masks = collect_module_masks(root)
     report = ConversionReport(capture=capture)
-    cache: dict = {}  # (weight, bias, settings) -> (buffer names, first fqn, lowered)
+    lowering = LayerLowering(config, report, module_masks=module_masks, act_modes=act_modes, root=root)
+    holders: dict = {}  # id(lowered) -> holder submodule name
     used_attr_nodes: set = set()
-    auto_noted = False
     for match in find_linear_matches(gm, resolve_placeholder, fuse_relu=True):
         module = match.module if match.module is not None else _lookup_module(root, match.fqn)
-        out_features, in_features = match.shape
-        reason = config.skip_reason(match.fqn, module, in_features, out_features)
-        if reason is None and match.weight.tensor.dtype != torch.float32:
-            reason = f"weight dtype {match.weight.tensor.dtype}: sqfx converts float32 layers"
-        if reason is not None:
-            report.skipped.append(SkippedLayer(match.fqn, reason))
+        use = lowering.lower(match.fqn, match.weight.tensor, match.bias.tensor if match.bias is not None else None,
+                             module=module, relu_in_module=match.relu_in_module,
+                             relu_after=match.relu_node is not None, matched=_describe(match),
+                             weight_transposed=match.weight_transposed)
+        if use is None:
             continue
-        settings = config.settings_for(match.fqn)
-        if match.relu_node is not None and not settings.fuse_relu:
-            match.relu_node = None
-        bias = match.bias.tensor if match.bias is not None else None
-        key = (id(match.weight.tensor), id(bias), settings.block, settings.target_sparsity,
-               settings.prune_norm, settings.per_channel, id(settings.observer),
-               match.fqn if (match.fqn in config.masks or match.fqn in module_masks) else None)
-        shared_with = None
-        if key in cache:
-            attrs, shared_with, lowered = cache[key]
-        else:
-            lowered = lower_layer(match.fqn, match.weight.tensor, bias, settings, config, module_masks)
-            prefix = _buffer_prefix(gm, match.fqn)
-            attrs = {}
-            for f, t in zip(_PACKED_FIELDS, lowered.packed.tensors()):
-                if t is None:
-                    attrs[f] = None
-                else:
-                    gm.register_buffer(f"{prefix}_{f}", t)
-                    attrs[f] = f"{prefix}_{f}"
-            cache[key] = (attrs, match.fqn, lowered)
+        holder = holders.get(id(use.lowered))
+        if holder is None:
+            holder = holders[id(use.lowered)] = _holder_name(gm, use.fqn)
+            gm.add_submodule(holder, SparseQuantLinear(use.packed, relu=use.relu, act_mode=use.activation))
         for ref in (match.weight, match.bias):
             if ref is not None and ref.node is not None:
                 used_attr_nodes.add(ref.node)
-        activation = resolve_activation(settings.activation, match.fqn, act_modes)
-        if settings.activation == "auto" and act_modes is None and not auto_noted:
-            report.notes.append('activation="auto" had no calibration inputs here: those layers use dynamic_int8')
-            auto_noted = True
-        _emit(gm, match, attrs, in_features, match.relu, activation)
-        p = lowered.packed
-        report.layers.append(LayerReport(
-            fqn=match.fqn, in_features=in_features, out_features=out_features, block=settings.block,
-            sparsity=lowered.sparsity, scheme=lowered.scheme, relu_fused=match.relu, sqnr_db=lowered.sqnr_db,
-            mask_source=lowered.mask_source, matched=_describe(match), shared_with=shared_with,
-            activation=activation, kernel=p.kernel if activation == "dynamic_int8" else "weight_only"))
+        _emit(gm, match, holder, use)
     _drop_unused_fp32(gm, used_attr_nodes)
+    if graph_root is not None and graph_root is not gm:
+        report_left_out(graph_root, report, capture)
     gm.graph.lint()
     gm.recompile()
     return report

@@ -6,6 +6,11 @@
 | Dynamo graph           | torch._C._nn.linear                            | placeholders (graph inputs)    | F.relu / torch.relu / Tensor.relu        |
 | torch.export (pre-decomposition, `ep.module()`) | aten.linear.default   | get_attr                       | aten.relu.default / aten.relu_.default   |
 
+A linear with a transposed weight, `addmm(bias, x, W)` with W a constant `[in, out]` (what
+transformers' `Conv1D`, the GPT-2 family's linear, runs), is matched too (`torch.addmm` in
+Dynamo graphs, `aten.addmm.default` in torch.export's); its match says `weight_transposed`.
+A symbolic_trace graph keeps Conv1D as a call_module (see `linear_like`).
+
 Why a node walk and not `torch.fx.subgraph_rewriter` / `SubgraphMatcher`: those match nodes by
 `op` and `target` with placeholders standing for any argument. That cannot express what sqfx
 needs: (1) a `call_module` nn.Linear hides its weight inside the module and SubgraphMatcher
@@ -32,6 +37,7 @@ aten = torch.ops.aten
 LINEAR_FUNCTIONS = frozenset({F.linear, torch._C._nn.linear, aten.linear.default})
 RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, aten.relu.default, aten.relu_.default})
 RELU_METHODS = frozenset({"relu", "relu_"})
+ADDMM_FUNCTIONS = frozenset({torch.addmm, aten.addmm.default})
 _LINEAR_ARG_NAMES = ("input", "weight", "bias")
 
 
@@ -53,12 +59,15 @@ class LinearMatch:
     relu_node: Optional[fx.Node]      # a separate ReLU node to fold into the op
     relu_in_module: bool = False      # the linear is a LinearReLU module: the ReLU is inside it
     module: Optional[nn.Module] = None  # the nn.Linear when known (call_module, or via root lookup)
+    weight_transposed: bool = False   # the weight is stored [in, out] (addmm / Conv1D)
 
     @property
     def input_node(self) -> fx.Node:
         # Read live from the linear node: an earlier rewrite may have replaced its producer.
         if self.linear_node.op == "call_module":
             return self.linear_node.args[0]
+        if self.linear_node.target in ADDMM_FUNCTIONS:
+            return self.linear_node.args[1]
         return _linear_args(self.linear_node)[0]
 
     @property
@@ -72,7 +81,9 @@ class LinearMatch:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.weight.tensor.shape)
+        """(out_features, in_features)."""
+        shape = tuple(self.weight.tensor.shape)
+        return shape[::-1] if self.weight_transposed else shape
 
 
 PlaceholderResolver = Callable[[fx.Node], Optional[tuple[str, torch.Tensor]]]
@@ -91,6 +102,24 @@ def _is_plain_linear(mod) -> bool:
     # Subclasses are fine (nn.MultiheadAttention's NonDynamicallyQuantizableLinear) as long as
     # they compute what nn.Linear computes.
     return isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward
+
+
+def is_conv1d(mod) -> bool:
+    """transformers' Conv1D (GPT-2 family): `x @ W + b` with W [in, out], a transposed linear."""
+    cls = type(mod)
+    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+            and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.dim() == 2
+            and isinstance(getattr(mod, "bias", None), torch.Tensor) and mod.bias.shape == mod.weight.shape[1:])
+
+
+def linear_like(mod) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """(weight [out, in], bias) of a module that computes a linear (nn.Linear and subclasses
+    that keep its forward, transformers' Conv1D), else None."""
+    if _is_plain_linear(mod):
+        return mod.weight, mod.bias
+    if is_conv1d(mod):
+        return mod.weight.t(), mod.bias
+    return None
 
 
 def _is_linear_relu_module(mod) -> bool:
@@ -116,6 +145,27 @@ def _constant(node, gm: nn.Module, resolve_placeholder: Optional[PlaceholderReso
 
 def _layer_name(weight_fqn: str) -> str:
     return weight_fqn[: -len(".weight")] if weight_fqn.endswith(".weight") else weight_fqn
+
+
+_LINEAR_CLASS_NAMES = ("torch.nn.modules.linear.Linear", "transformers.pytorch_utils.Conv1D")
+
+
+def _calling_layer(node: fx.Node) -> Optional[str]:
+    """The fqn of the linear-like module whose forward made this call, from the node's
+    nn_module_stack (Dynamo: "L['self'].lm_head"; torch.export: "lm_head"), or None. A weight tied
+    to another module (GPT-2's lm_head and wte) is then named after the layer that calls it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    if name not in _LINEAR_CLASS_NAMES and not (isinstance(cls, type) and issubclass(cls, nn.Linear)):
+        return None
+    path = re.sub(r"^L\['[^']+'\](?:\[\d+\])*\.?", "", str(path))  # L['self'], L['args'][0]
+    path = re.sub(r"\._modules\['([^']+)'\]", r".\1", path)
+    path = re.sub(r"\[(\d+)\]|\['([^']+)'\]", lambda m: "." + (m.group(1) or m.group(2)), path)
+    path = path.strip(".")
+    return path if path and re.fullmatch(r"[\w.]+", path) else None
 
 
 def _linear_args(node: fx.Node):
@@ -148,17 +198,26 @@ def match_linear(node: fx.Node, gm: nn.Module, resolve_placeholder: Optional[Pla
         mod = _fetch_attr(gm, node.target)
         fused = _is_linear_relu_module(mod)
         linear = mod[0] if fused else mod
-        if fused or _is_plain_linear(mod):
+        if fused or _is_plain_linear(mod) or is_conv1d(mod):
             prefix = f"{node.target}.0" if fused else node.target
             bias = ParamRef(f"{prefix}.bias", linear.bias) if linear.bias is not None else None
             match = LinearMatch(prefix, node, ParamRef(f"{prefix}.weight", linear.weight),
-                                bias, None, relu_in_module=fused, module=linear)
+                                bias, None, relu_in_module=fused, module=linear,
+                                weight_transposed=is_conv1d(mod))
+    elif node.op == "call_function" and node.target in ADDMM_FUNCTIONS and len(node.args) == 3 and not node.kwargs:
+        b, inp, w = node.args
+        weight = _constant(w, gm, resolve_placeholder)
+        bias = _constant(b, gm, resolve_placeholder)
+        if (isinstance(inp, fx.Node) and weight is not None and bias is not None and weight.tensor.dim() == 2
+                and tuple(bias.tensor.shape) == tuple(weight.tensor.shape[1:])):
+            match = LinearMatch(_calling_layer(node) or _layer_name(weight.fqn), node, weight, bias, None,
+                                weight_transposed=True)
     elif node.op == "call_function" and node.target in LINEAR_FUNCTIONS:
         inp, w, b = _linear_args(node)
         weight = _constant(w, gm, resolve_placeholder)
         bias = _constant(b, gm, resolve_placeholder) if b is not None else None
         if isinstance(inp, fx.Node) and weight is not None and (b is None or bias is not None):
-            match = LinearMatch(_layer_name(weight.fqn), node, weight, bias, None)
+            match = LinearMatch(_calling_layer(node) or _layer_name(weight.fqn), node, weight, bias, None)
     if match is None or match.weight.tensor.dim() != 2:
         return None
     if fuse_relu and not match.relu_in_module and len(node.users) == 1:

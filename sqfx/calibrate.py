@@ -1,6 +1,6 @@
 """Choosing each layer's activation mode from a short calibration run.
 
-Two modes (see sqfx.nn.ACT_MODES):
+Two modes (see sqfx.config.ACT_MODES):
 - "dynamic_int8": activations quantized per row to uint8 on the fly, integer kernel
   (sqfx::qlinear_dynamic). Fast at large batch; loses accuracy where a row holds outliers,
   since one scale per row must cover the outlier and the small values alike.
@@ -13,7 +13,7 @@ weight-only output (the same packed int8 weight, so the number isolates the acti
 quantization). A layer whose SQNR is below `threshold_db` gets "weight_only". In transformer
 encoders these are the FFN down-projections, whose post-GELU inputs carry outliers.
 
-The FX pass calls it with its config (duck-typed: `skip_reason(fqn, module, in, out)`,
+sqfx.prepare calls it with the door's config (duck-typed: `skip_reason(fqn, module, in, out)`,
 `settings_for(fqn).block / .per_channel`, `masks`); it also runs on its own with defaults.
 """
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..format import pack
-from ..nn import ACT_MODES, SparseQuantLinear
-
-DEFAULT_THRESHOLD_DB = 30.0
+from .config import ACT_MODES, DEFAULT_ACT_THRESHOLD_DB as DEFAULT_THRESHOLD_DB
+from .format import pack
+from .lowering.report import sqnr_db
+from .nn import SparseQuantLinear
+from .patterns.linear_relu import linear_like
 MAX_CALIBRATION_ROWS = 2048  # rows of each layer's input kept for the comparison
 
 
@@ -38,16 +39,6 @@ class LayerSensitivity:
     sqnr_dynamic_db: float     # dynamic-int8 output vs weight-only output (same int8 weight)
     input_peak_ratio: float    # mean over rows of max|x| / rms(x): large means outliers
     rows: int                  # calibration rows seen
-
-
-def _sqnr_db(signal: torch.Tensor, noisy: torch.Tensor) -> float:
-    err = float((noisy.double() - signal.double()).pow(2).sum())
-    sig = float(signal.double().pow(2).sum())
-    if err == 0.0:
-        return math.inf
-    if sig == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(sig / err)
 
 
 def _layer_settings(config, fqn: str, block, per_channel):
@@ -60,24 +51,17 @@ def _layer_settings(config, fqn: str, block, per_channel):
 def _selected_linears(model: nn.Module, config, names) -> dict:
     out = {}
     for fqn, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        found = linear_like(mod)
+        if found is None:
             continue
         if names is not None and fqn not in names:
             continue
+        out_features, in_features = found[0].shape
         if config is not None and hasattr(config, "skip_reason") and config.skip_reason(
-                fqn, mod, mod.in_features, mod.out_features) is not None:
+                fqn, mod, in_features, out_features) is not None:
             continue
         out[fqn] = mod
     return out
-
-
-def _run(model: nn.Module, example_inputs) -> None:
-    if isinstance(example_inputs, Mapping):
-        model(**example_inputs)
-    elif isinstance(example_inputs, (tuple, list)):
-        model(*example_inputs)
-    else:
-        model(example_inputs)
 
 
 @torch.inference_mode()
@@ -102,7 +86,9 @@ def activation_sensitivity(model: nn.Module, example_inputs, config=None, *, mas
 
     handles = [mod.register_forward_pre_hook(hook(fqn)) for fqn, mod in linears.items()]
     try:
-        _run(model, example_inputs)
+        from .prepare import run_example
+
+        run_example(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -115,14 +101,15 @@ def activation_sensitivity(model: nn.Module, example_inputs, config=None, *, mas
         if x.shape[0] > MAX_CALIBRATION_ROWS:
             x = x[torch.linspace(0, x.shape[0] - 1, MAX_CALIBRATION_ROWS).long()]
         blk, pc = _layer_settings(config, fqn, block, per_channel)
-        packed = pack(mod.weight.detach().float(), mask=masks.get(fqn), block=blk, per_channel=pc,
-                      bias=None if mod.bias is None else mod.bias.detach().float())
+        weight, bias = linear_like(mod)
+        packed = pack(weight.detach().float(), mask=masks.get(fqn), block=blk, per_channel=pc,
+                      bias=None if bias is None else bias.detach().float())
         args = (packed.values, packed.row_ptr, packed.col_idx, packed.w_scale)
         y_wo = torch.ops.sqfx.qlinear_weight_only(x, *args, packed.bias, packed.in_features, False)
         y_dyn = torch.ops.sqfx.qlinear_dynamic(x, *args, packed.w_sum, packed.bias, packed.in_features, False)
         rms = x.pow(2).mean(dim=1).sqrt().clamp(min=1e-30)
         peak = float((x.abs().amax(dim=1) / rms).mean())
-        result[fqn] = LayerSensitivity(_sqnr_db(y_wo, y_dyn), peak, int(x.shape[0]))
+        result[fqn] = LayerSensitivity(sqnr_db(y_wo, y_dyn), peak, int(x.shape[0]))
     return result
 
 
