@@ -122,3 +122,13 @@ def _torch_save_load(m):
     torch.save(m, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_reaches_the_op(dtype):
+    """Bug 5: torch.autocast('cpu', bf16) failed in the graph path with "input must be float32"."""
+    out = _graph_model()
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype):
+        got = out(x.to(dtype))
+    torch.testing.assert_close(got.float(), out(x), atol=0.02, rtol=0.02)
