@@ -132,3 +132,17 @@ def test_autocast_reaches_the_op(dtype):
     with torch.autocast("cpu", dtype):
         got = out(x.to(dtype))
     torch.testing.assert_close(got.float(), out(x), atol=0.02, rtol=0.02)
+
+
+def test_converted_from_train_mode_is_in_eval_mode():
+    """Bug 10: an export-path model converted from train() reported training=True."""
+    transformers = pytest.importorskip("transformers")
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    model = transformers.BertModel(cfg).train()
+    ids = torch.randint(0, 50, (2, 4))
+    out = sqfx.prepare_and_convert(model, example_inputs=(ids,))
+    assert not out.training and not any(m.training for m in out.modules())
+    assert model.training  # the user's model keeps its mode
