@@ -115,6 +115,11 @@ class PackedLinear:
             return "bsr_8x1_avx2"  # the dispatcher's choice on VNNI CPUs too
         return f"bsr_{family}_{isa}"
 
+    def __call__(self, input: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """`sqfx.pack(...)(x)`, the stable call benchmarks use: one sqfx::qlinear_dynamic call
+        through the dispatcher (no import of the op module: the format stays data only)."""
+        return torch.ops.sqfx.qlinear_dynamic(input, *self.tensors(), self.in_features, relu)
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
 

@@ -129,7 +129,7 @@ class force_isa:
     """Context manager forcing one kernel ISA path for the whole process (tests, benchmarks).
 
     >>> with sqfx.ops.force_isa("generic"):
-    ...     y = sqfx.SparseQuantLinear(packed)(x)
+    ...     y = packed(x)
 
     Raises RuntimeError if the CPU lacks that ISA. Not thread-safe: the setting is global.
     """
