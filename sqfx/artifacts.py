@@ -183,7 +183,7 @@ def report_from_program(ep: torch.export.ExportedProgram):
 
     from .format import PackedLinear
     from .lowering.report import ConversionReport, LayerReport
-    from .reference import dense_int8
+    from .format import dense_int8
 
     lifted = _lifted_tensors(ep)
     dynamic, weight_only = torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default

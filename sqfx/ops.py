@@ -117,6 +117,14 @@ def qlinear_weight_only(
 # The op picks the best ISA path the CPU has at run time; tests force each one
 # to check that every path gives the same bits as sqfx.reference.
 
+# Under torch.autocast("cpu", torch.bfloat16 / float16) the activations reaching the op are
+# low precision; the op computes in float32 (as SparseQuantLinear does for such inputs), so
+# autocast casts its floating inputs to float32 (and returns float32, which autocast's next op
+# casts as it likes).
+for _op in ("sqfx::qlinear_dynamic", "sqfx::qlinear_weight_only"):
+    torch.library.register_autocast(_op, "cpu", torch.float32)
+
+
 def available_isas() -> list[str]:
     """ISA paths this CPU can run, worst to best: "generic", then "avx2", "avx512vnni" if present."""
     return list(torch.ops.sqfx._kernel_isas())

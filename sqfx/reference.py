@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .format import dense_int8  # decoding the BSR layout belongs to the format
+
 _INV_255 = torch.tensor(1.0 / 255.0, dtype=torch.float32)
 _FLT_MIN = torch.finfo(torch.float32).tiny
 
@@ -34,23 +36,6 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     zp = torch.where(finite, zp, torch.zeros_like(zp)).to(torch.int32)
     scale = torch.where(finite, scale, torch.full_like(scale, float("nan")))
     return q, scale, zp
-
-
-def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) -> torch.Tensor:
-    """Expands BSR int8 blocks to a dense int8 [out_features, in_features] weight."""
-    nnz, rb, cb = values.shape
-    n_rb = -(-out_features // rb)
-    dense = torch.zeros(out_features, in_features, dtype=torch.int8)
-    if nnz == 0:
-        return dense
-    # Scatter element by element into the unpadded weight (a padded copy would scale
-    # with the block shape, which for a crafted layer can be far larger than the layer).
-    block_row = torch.repeat_interleave(torch.arange(n_rb), (row_ptr[1:] - row_ptr[:-1]).long())
-    rows = (block_row[:, None] * rb + torch.arange(rb))[:, :, None].expand(nnz, rb, cb)
-    cols = (col_idx.long()[:, None] * cb + torch.arange(cb))[:, None, :].expand(nnz, rb, cb)
-    keep = (rows < out_features) & (cols < in_features)
-    dense[rows[keep], cols[keep]] = values[keep]
-    return dense
 
 
 def accumulators(x2d, values, row_ptr, col_idx, w_sum, out_features, in_features):

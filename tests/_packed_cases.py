@@ -5,6 +5,7 @@ import torch
 
 import sqfx
 from sqfx import reference
+from sqfx_testing import assert_same  # noqa: F401  (the one bit-exact check, re-exported for the op tests)
 
 OP = torch.ops.sqfx.qlinear_dynamic
 
@@ -25,12 +26,3 @@ def run_op(packed, x, relu=False, in_features=None):
 
 def run_ref(packed, x, relu=False):
     return reference.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
-
-
-def assert_same(actual, expected):
-    """Bit-identical, NaN in the same places (torch.equal treats NaN != NaN)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype
-    nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
-    assert torch.equal(nan_a, nan_e), "NaN positions differ"
-    assert torch.equal(actual[~nan_a], expected[~nan_e]), (actual - expected).abs().max()

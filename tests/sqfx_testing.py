@@ -1,7 +1,9 @@
-"""Helpers shared by the FX-pass tests (models, graph capture in each IR, numerics checks)."""
+"""The shared testing helpers: random packed layers, op / reference calls, the bit-exact check,
+graph capture in each IR, numerics bounds, and reading a converted model's packed layers."""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import fx, nn
@@ -91,3 +93,39 @@ def packed_layer(converted: nn.Module, fqn: str):
         holder = converted.get_submodule(fqn)
     assert isinstance(holder, sqfx.SparseQuantLinear), (fqn, type(holder))
     return holder.packed
+
+def random_block_mask(n: int, k: int, block, sparsity: float, generator=None) -> torch.Tensor:
+    """A block mask [ceil(n/rb), ceil(k/cb)] with round(sparsity * blocks) blocks dropped."""
+    rb, cb = block
+    n_rb, n_cb = math.ceil(n / rb), math.ceil(k / cb)
+    total = n_rb * n_cb
+    drop = round(sparsity * total)
+    order = torch.randperm(total, generator=generator)
+    mask = torch.ones(total, dtype=torch.bool)
+    mask[order[:drop]] = False
+    return mask.reshape(n_rb, n_cb)
+
+
+def random_packed(n, k, block=(1, 4), sparsity=0.5, per_channel=True, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    mask = random_block_mask(n, k, block, sparsity, generator=g)
+    return sqfx.pack(weight, mask=mask, block=block, per_channel=per_channel, bias=b), weight, mask
+
+
+def call_op(packed, x, relu=False):
+    return torch.ops.sqfx.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
+
+
+def call_reference(packed, x, relu=False):
+    return sqfx.reference.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
+
+
+def assert_same(actual, expected):
+    """Bit-identical, NaN in the same places (torch.equal treats NaN != NaN)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype
+    nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
+    assert torch.equal(nan_a, nan_e), "NaN positions differ"
+    assert torch.equal(actual[~nan_a], expected[~nan_e]), (actual - expected).abs().max()

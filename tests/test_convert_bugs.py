@@ -122,3 +122,27 @@ def _torch_save_load(m):
     torch.save(m, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_reaches_the_op(dtype):
+    """Bug 5: torch.autocast('cpu', bf16) failed in the graph path with "input must be float32"."""
+    out = _graph_model()
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype):
+        got = out(x.to(dtype))
+    torch.testing.assert_close(got.float(), out(x), atol=0.02, rtol=0.02)
+
+
+def test_converted_from_train_mode_is_in_eval_mode():
+    """Bug 10: an export-path model converted from train() reported training=True."""
+    transformers = pytest.importorskip("transformers")
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    model = transformers.BertModel(cfg).train()
+    ids = torch.randint(0, 50, (2, 4))
+    out = sqfx.prepare_and_convert(model, example_inputs=(ids,))
+    assert not out.training and not any(m.training for m in out.modules())
+    assert model.training  # the user's model keeps its mode

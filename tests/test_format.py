@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import sqfx
 from sqfx.format import PackedFormatError
-from helpers import random_block_mask, random_packed
+from sqfx_testing import random_block_mask, random_packed
 
 
 @given(n=st.integers(1, 40), k=st.integers(1, 40),

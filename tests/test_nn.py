@@ -7,7 +7,7 @@ from torch import nn
 
 import sqfx
 from sqfx.format import PackedFormatError
-from helpers import random_block_mask
+from sqfx_testing import random_block_mask
 
 
 def _module(n=12, k=20, block=(1, 4), sparsity=0.5, bias=True, relu=False):

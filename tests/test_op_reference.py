@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sqfx
-from helpers import call_op, call_reference, random_packed
+from sqfx_testing import call_op, call_reference, random_packed
 
 BLOCKS = [(1, 4), (8, 1), (4, 4), (1, 1), (16, 1)]
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sqfx
-from helpers import random_packed
+from sqfx_testing import random_packed
 
 
 def call_wo(packed, x, relu=False):

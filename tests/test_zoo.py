@@ -138,7 +138,11 @@ def test_export_door_matches_eager(eager_case):
     assert rows(ep.sqfx_report) == rows(converted.sqfx_report)
     assert sorted(s.fqn for s in ep.sqfx_report.skipped) == sorted(s.fqn for s in converted.sqfx_report.skipped)
     with torch.no_grad():
-        torch.testing.assert_close(first(ep.module()(**x)), first(converted(**x)), rtol=1e-4, atol=1e-5)
+        got, want = first(ep.module()(**x)), first(converted(**x))
+    if name == "mha":  # eager nn.MultiheadAttention runs the fused fast path, export decomposes it
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.equal(got, want)  # docs/doors.md promises it
 
 
 @pytest.mark.slow

@@ -24,6 +24,11 @@ def median_time(fn, reps, warmup=5):
     return statistics.median(ts)
 
 
+def run(p, x, relu=False):
+    """One sqfx::qlinear_dynamic call on a packed layer."""
+    return torch.ops.sqfx.qlinear_dynamic(x, *p.tensors(), p.in_features, relu)
+
+
 def layer(N, K, sparsity, block=(1, 4), layout="sparse", seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(N, K, generator=g)
@@ -95,7 +100,7 @@ def main():
                 for t in args.threads:
                     torch.set_num_threads(t)
                     r = reps if N * K * M < 4096 * 4096 * 32 else reps // 4
-                    ts = median_time(lambda: p(x), r)
+                    ts = median_time(lambda: run(p, x), r)
                     tf = median_time(lambda: F.linear(x, w, b), r)
                     ta = median_time(lambda: ao(x), r)
                     print(f"{N:>5}x{K:<5} {sp:4.2f} {M:4d} {t:3d} | {ts*1e6:9.1f} {tf*1e6:9.1f} {ta*1e6:9.1f} | {tf/ts:7.2f} {ta/ts:6.2f}")
@@ -106,7 +111,7 @@ def main():
         x = torch.randn(1, 64)
         for t in args.threads:
             torch.set_num_threads(t)
-            ts = median_time(lambda: p(x), 5000, 200)
+            ts = median_time(lambda: run(p, x), 5000, 200)
             tf = median_time(lambda: F.linear(x, w, b), 5000, 200)
             ta = median_time(lambda: ao(x), 5000, 200)
             print(f"fixed cost 64x64 M=1 thr={t}: sqfx {ts*1e6:.2f} us, F.linear {tf*1e6:.2f} us, ao dynamic {ta*1e6:.2f} us")
