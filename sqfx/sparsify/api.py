@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..convert import _copy_model
+from ..prepare import copy_model
 from ..lowering.mask import _expand
 from .allocate import allocate, measure_sensitivity
 from .capture import capture_inputs, layer_groups
@@ -76,8 +76,8 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
     calls = as_calls(data)
     recovery_calls = calls if recovery_data is None else as_calls(recovery_data, "recovery_data")
     was_training = model.training
-    dense = _copy_model(model).eval()
-    work = model if inplace else _copy_model(model)
+    dense = copy_model(model).eval()
+    work = model if inplace else copy_model(model)
     work.eval()
     layers = selected_linears(work, config)
     names = list(layers)
