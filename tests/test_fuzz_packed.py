@@ -106,6 +106,11 @@ def block_model_weight_only(x, values, row_ptr, col_idx, w_scale, bias, in_featu
     nnz, rb, cb = values.shape
     n, k = w_scale.numel(), in_features
     x2 = x.reshape(-1, k).double()
+    if x2.shape[0] == 0:  # no rows: the kernel never runs, nothing is read
+        empty = x.new_empty((*x.shape[:-1], n), dtype=torch.float64)
+        return empty, empty
+    if not nnz:  # an empty layer may claim any block shape: no memory backs it
+        rb = cb = 1
     w_pad = torch.zeros(-(-n // rb) * rb, -(-k // cb) * cb, dtype=torch.float64)
     if nnz:
         n_rb = -(-n // rb)
