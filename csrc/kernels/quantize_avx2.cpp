@@ -28,6 +28,25 @@ __attribute__((target("avx2,fma"))) RowParams row_params(const float* row,
   __m256 fin = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   const __m256 zero = _mm256_setzero_ps();
   int64_t k = 0;
+  if (K >= 32) {
+    // Four independent min / max / finite chains (one chain is latency-bound);
+    // min and max are exact and order-free for the finite rows that use them.
+    __m256 mn4[4], mx4[4], fin4[4];
+    for (int i = 0; i < 4; ++i) mn4[i] = mx4[i] = zero, fin4[i] = fin;
+    for (; k + 32 <= K; k += 32) {
+      for (int i = 0; i < 4; ++i) {
+        __m256 v = _mm256_loadu_ps(row + k + 8 * i);
+        fin4[i] = _mm256_and_ps(fin4[i], _mm256_cmp_ps(_mm256_mul_ps(v, zero), zero, _CMP_EQ_OQ));
+        mn4[i] = _mm256_min_ps(mn4[i], v);
+        mx4[i] = _mm256_max_ps(mx4[i], v);
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      mn = _mm256_min_ps(mn, mn4[i]);
+      mx = _mm256_max_ps(mx, mx4[i]);
+      fin = _mm256_and_ps(fin, fin4[i]);
+    }
+  }
   for (; k + 8 <= K; k += 8) {
     __m256 v = _mm256_loadu_ps(row + k);
     // v * 0 == 0 exactly when v is finite (NaN and +-Inf give NaN).
