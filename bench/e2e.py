@@ -403,8 +403,9 @@ def run(args, skip: dict, log) -> dict:
             quant = op_overhead_ms(masks_by_s[s], model, psize[0], psize[1])
         prof.update({"variant": target, "size": size_name(psize),
                      "sqfx_op_outside_kernel_ms": quant,
-                     "how": "Self CPU time per event, grouped by name (first match: quantize/dequant, sqfx::, "
-                            "addmm/mm, attention, layer_norm, gelu, embedding, other Inductor kernels). The sqfx "
+                     "how": "Self CPU time per event, grouped by name (first match: sqfx::, addmm/mm/linear, "
+                            "quantize/dequantize, attention, layer_norm, gelu, embedding; Inductor's fused C++ "
+                            "kernels by what they fuse: layer_norm, gelu, attention, else other). The sqfx "
                             "op quantizes its activations inside itself; the op run on an empty weight of each "
                             f"encoder linear's shape takes {quant:.2f} ms per forward in all (activation "
                             "quantization, bias, output and call), an estimate of that part of the sqfx row."})
