@@ -31,6 +31,7 @@ import time
 import warnings
 
 import torch
+import torch._dynamo  # noqa: F401  (torch._dynamo.config below)
 from torch import nn
 
 from . import peers
@@ -335,8 +336,6 @@ def run(args, skip: dict, log) -> dict:
             compiled[report.e2e_variant_name("sqfx compiled", s)] = sqfx_compiled(masked)
     # Every compiled copy shares BertModel.forward's code object, and so Dynamo's per-code cache:
     # at its default limit (8 entries) the 5th model (2 graphs each) silently runs eager instead.
-    import torch._dynamo
-
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(compiled) + 8)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
                                                             16 * len(compiled) + 16)
