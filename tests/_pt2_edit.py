@@ -67,4 +67,9 @@ def exported_mlp(tmp_path, activation="dynamic_int8", name="ok.pt2"):
 
 def layer_fqns(archive: Archive, tensor: str) -> list[str]:
     """The state_dict names of one packed tensor ("values", "col_idx", ...) of every layer."""
-    return sorted(k for k in archive.config() if k.endswith("_" + tensor))
+    return sorted(k for k in archive.config() if is_packed_tensor_name(k, tensor))
+
+
+def is_packed_tensor_name(name: str, tensor: str) -> bool:
+    """Whether a state_dict name is the packed tensor `tensor` of some layer ("sqfx_0.values")."""
+    return name.endswith("." + tensor) or name.endswith("_" + tensor)

@@ -20,7 +20,7 @@ def test_sparsify_then_convert(tmp_path):
     pt2 = tmp_path / "sparse.pt2"
     r = run_cli("convert", str(out), "-o", str(pt2))
     assert r.returncode == 0, r.stderr
-    rows = json.loads(pt2.with_suffix(".report.json").read_text())
+    rows = json.loads(pt2.with_suffix(".report.json").read_text())["layers"]
     assert all(abs(row["sparsity"] - 0.5) < 1e-6 for row in rows)  # the zeroed blocks are the masks
 
 

@@ -7,7 +7,7 @@ import torch
 
 import sqfx
 import sqfx.archive
-from _pt2_edit import Archive, exported_mlp, layer_fqns
+from _pt2_edit import Archive, exported_mlp, is_packed_tensor_name, layer_fqns
 
 
 @pytest.mark.parametrize("activation", ["dynamic_int8", "weight_only"])
@@ -42,7 +42,7 @@ def _tamper_row_ptr(t):
 def test_sqfx_load_validates_weight_only_layers(tmp_path, tensor, tamper, message):
     path, x, expected = exported_mlp(tmp_path, "weight_only")
     program = torch.export.load(path)
-    name = sorted(k for k in program.state_dict if k.endswith("_" + tensor))[-1]  # the last layer: no ReLU after it
+    name = sorted(k for k in program.state_dict if is_packed_tensor_name(k, tensor))[-1]  # the last layer: no ReLU after it
     tamper(program.state_dict[name])
     torch.export.save(program, tmp_path / "bad.pt2")
     # The op accepts the tampered layer (memory-safe), and the output silently changes:
