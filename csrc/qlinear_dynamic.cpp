@@ -11,6 +11,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -70,6 +71,46 @@ std::vector<std::string> kernel_isas() {
 
 std::string active_kernel_isa() { return active_isa_name(); }
 
+// The name of the kernel the op `op` ("qlinear_dynamic" / "qlinear_weight_only")
+// would run for this packed weight and M input rows now (the table in
+// csrc/kernels/dispatch.cpp, under the current or forced ISA).
+std::string kernel_for(std::string op, Tensor values, Tensor row_ptr, Tensor col_idx,
+                       Tensor w_scale, int64_t in_features, int64_t M) {
+  Op kind = Op::kDynamic;
+  if (op == "qlinear_weight_only") {
+    kind = Op::kWeightOnly;
+  } else {
+    STD_TORCH_CHECK(op == "qlinear_dynamic", "sqfx._kernel_for: op must be 'qlinear_dynamic' or ",
+                    "'qlinear_weight_only', got '", op, "'");
+  }
+  STD_TORCH_CHECK(M >= 0, "sqfx._kernel_for: M must be >= 0, got ", M);
+  const CheckedPacked p =
+      check_packed("sqfx._kernel_for", values, row_ptr, col_idx, w_scale, std::nullopt, in_features);
+  BsrWeight w{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, nullptr, p.bias, p.N, p.K,
+              p.row_block, p.col_block, p.n_row_blocks, p.n_col_blocks, p.nnz};
+  return select_kernel(kind, current_isa(), w, M).name;
+}
+
+// The M at which some table row starts, ascending: where the choice can change.
+std::vector<int64_t> kernel_m_breaks() {
+  int count = 0;
+  const KernelEntry* table = kernel_table(&count);
+  std::vector<int64_t> breaks;
+  for (int i = 0; i < count; ++i) breaks.push_back(table[i].m_min);
+  std::sort(breaks.begin(), breaks.end());
+  breaks.erase(std::unique(breaks.begin(), breaks.end()), breaks.end());
+  return breaks;
+}
+
+// Every row of the kernel table, in search order (docs, tests).
+std::vector<std::string> kernel_names() {
+  int count = 0;
+  const KernelEntry* table = kernel_table(&count);
+  std::vector<std::string> names;
+  for (int i = 0; i < count; ++i) names.emplace_back(table[i].name);
+  return names;
+}
+
 std::string set_kernel_isa(std::string isa) {
   STD_TORCH_CHECK(force_isa(isa.c_str()), "sqfx: kernel ISA '", isa,
                   "' is not available on this CPU (use 'auto' or one of sqfx.ops.available_isas())");
@@ -86,6 +127,10 @@ STABLE_TORCH_LIBRARY(sqfx, m) {
   m.def("_kernel_isas() -> str[]");
   m.def("_set_kernel_isa(str isa) -> str");
   m.def("_active_kernel_isa() -> str");
+  m.def("_kernel_for(str op, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor w_scale, "
+        "int in_features, int M) -> str");
+  m.def("_kernel_names() -> str[]");
+  m.def("_kernel_m_breaks() -> int[]");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sqfx, CPU, m) {
@@ -96,4 +141,7 @@ STABLE_TORCH_LIBRARY_IMPL(sqfx, CompositeExplicitAutograd, m) {
   m.impl("_kernel_isas", TORCH_BOX(&sqfx::kernel_isas));
   m.impl("_set_kernel_isa", TORCH_BOX(&sqfx::set_kernel_isa));
   m.impl("_active_kernel_isa", TORCH_BOX(&sqfx::active_kernel_isa));
+  m.impl("_kernel_for", TORCH_BOX(&sqfx::kernel_for));
+  m.impl("_kernel_names", TORCH_BOX(&sqfx::kernel_names));
+  m.impl("_kernel_m_breaks", TORCH_BOX(&sqfx::kernel_m_breaks));
 }

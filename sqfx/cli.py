@@ -173,14 +173,9 @@ class LayerRow:
     est_speedup: float
 
 
-def _kernel_name(block, act_mode: str = "dynamic_int8") -> str:
-    # The ops dispatch at run time. qlinear_dynamic: main ships the portable kernel only (kept
-    # in one place so the report follows when ISA-specific kernels land). qlinear_weight_only:
-    # AVX2+FMA where the CPU has it, else portable.
-    if act_mode == "weight_only":
-        fast = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        return "wo_avx2" if fast else "wo_generic"
-    return "bsr_generic"
+def _kernel_name(p, act_mode: str = "dynamic_int8") -> str:
+    # The op's own kernel table decides (PackedLinear.kernel_for); no rules copied here.
+    return p.kernel_summary("qlinear_weight_only" if act_mode == "weight_only" else "qlinear_dynamic")
 
 
 def layer_row(fqn: str, layer: SparseQuantLinear, fp32_weight: torch.Tensor | None = None) -> LayerRow:
@@ -194,7 +189,7 @@ def layer_row(fqn: str, layer: SparseQuantLinear, fp32_weight: torch.Tensor | No
     dense_bytes = 4 * p.out_features * p.in_features
     return LayerRow(fqn, f"{p.out_features}x{p.in_features}", f"{p.block[0]}x{p.block[1]}", p.sparsity,
                     getattr(layer, "act_mode", "dynamic_int8"),
-                    _kernel_name(p.block, getattr(layer, "act_mode", "dynamic_int8")), sqnr,
+                    _kernel_name(p, getattr(layer, "act_mode", "dynamic_int8")), sqnr,
                     dense_bytes / max(1, p.nbytes()))
 
 

@@ -37,7 +37,8 @@ LAYOUTS = ("auto", "sparse", "dense")
 
 
 def _block_family(rb: int, cb: int) -> str:
-    """Which kernel family serves a block shape (same rules as csrc/kernels/dispatch.cpp)."""
+    """The calibration family of a block shape for layout="auto" (DENSE_BELOW_SPARSITY); the
+    kernel itself is chosen by the op's kernel table (PackedLinear.kernel_for)."""
     if rb == 1 and cb % 4 == 0:
         return "1x4"
     if cb == 1 and rb % 8 == 0:
@@ -96,24 +97,36 @@ class PackedLinear:
         dense = rb == 1 and self.n_col_blocks == 1 and cb % 4 == 0 and self.nnz_blocks == self.out_features
         return "dense" if dense else "sparse"
 
+    def kernel_for(self, M: int, op: str = "qlinear_dynamic") -> str:
+        """The kernel `op` ("qlinear_dynamic" or "qlinear_weight_only") runs for M input rows on
+        this CPU (or under sqfx.ops.force_isa), e.g. "qd8_bsr1x4c_rows__avx512vnni": asked from
+        the op's kernel table (csrc/kernels/dispatch.cpp)."""
+        return torch.ops.sqfx._kernel_for(op, self.values, self.row_ptr, self.col_idx, self.w_scale,
+                                          self.in_features, int(M))
+
+    def kernels(self, op: str = "qlinear_dynamic") -> list[tuple[int, int | None, str]]:
+        """[(m_first, m_last or None for no limit, kernel)]: the table's choice over every M >= 1
+        (it can only change where a table row's M range starts)."""
+        runs: list[list] = []
+        for m in [b for b in torch.ops.sqfx._kernel_m_breaks() if b >= 1]:
+            name = self.kernel_for(m, op)
+            if runs and runs[-1][2] == name:
+                continue
+            if runs:
+                runs[-1][1] = m - 1
+            runs.append([m, None, name])
+        return [tuple(r) for r in runs]
+
     @property
     def kernel(self) -> str:
-        """The kernel the op will run for this weight on this CPU, e.g. "bsr_1x4_avx512vnni",
-        "dense_avx2", "bsr_8x1_avx2", "bsr_generic" (for the conversion report)."""
-        from .ops import active_isa
+        """The kernels the dynamic op runs for this weight on this CPU, by M, for the conversion
+        report: "qd8_bsr1x4c_rows__avx512vnni (M 1-3), qd8_bsr1x4c_panel16__avx512vnni (M >= 4)",
+        or one name when one kernel serves every M."""
+        return self.kernel_summary()
 
-        rb, cb = self.block
-        isa = active_isa()
-        if isa == "generic" or self.n_col_blocks * cb > MAX_INT32_IN_FEATURES:
-            return "bsr_generic"
-        family = _block_family(rb, cb)
-        if family == "other":
-            return "bsr_generic"
-        if self.layout == "dense":
-            return f"dense_{isa}"
-        if family == "8x1":
-            return "bsr_8x1_avx2"  # the dispatcher's choice on VNNI CPUs too
-        return f"bsr_{family}_{isa}"
+    def kernel_summary(self, op: str = "qlinear_dynamic") -> str:
+        """`kernel` for either op."""
+        return _describe_runs(self.kernels(op))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
@@ -145,6 +158,16 @@ class PackedLinear:
         return torch.ops.sqfx.qlinear_dynamic(
             input, *self.tensors(), self.in_features, relu
         )
+
+
+def _describe_runs(runs) -> str:
+    if len(runs) == 1:
+        return runs[0][2]
+    parts = []
+    for first, last, name in runs:
+        span = f"M >= {first}" if last is None else (f"M {first}" if first == last else f"M {first}-{last}")
+        parts.append(f"{name} ({span})")
+    return ", ".join(parts)
 
 
 def _fail(name: str, why: str) -> None:

@@ -117,8 +117,14 @@ def active_isa() -> str:
     return torch.ops.sqfx._active_kernel_isa()
 
 
+def kernel_names() -> list[str]:
+    """Every kernel of the op's kernel table (csrc/kernels/dispatch.cpp), in search order."""
+    return list(torch.ops.sqfx._kernel_names())
+
+
 class force_isa:
     """Context manager forcing one kernel ISA path for the whole process (tests, benchmarks).
+    It limits the kernel table to that ISA's rows and below, for both ops.
 
     >>> with sqfx.ops.force_isa("generic"):
     ...     y = packed(x)

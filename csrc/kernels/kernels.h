@@ -56,11 +56,14 @@ inline float epilogue(int64_t acc, int32_t zp, int32_t w_sum, float a_scale,
 }
 
 // ---------------------------------------------------------------------------
-// Fast x86 kernels (one file each, csrc/kernels/bsr_<block>_<isa>.cpp) and the
-// dispatcher (dispatch.cpp) that picks among them. Every fast kernel
-// accumulates in int32, exact only while the padded in_features stays at or
-// below kMaxInt32InFeatures; the dispatcher checks that.
+// Fast kernels, one file per kernel family and ISA (csrc/kernels/<family>_<isa>.cpp;
+// setup.py compiles the files of the build machine's architecture only), and the
+// kernel table (dispatch.cpp) that picks among them. Every int32 kernel is exact
+// only while the padded in_features stays at or below kMaxInt32InFeatures; the
+// table checks that.
 
+// Kernel ISA paths, worst to best. A CPU (or a forced path) runs the table rows
+// of its ISA and of every ISA below it.
 enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 
 // Activations quantized once per call into a "panel": for every group of 4
@@ -78,6 +81,13 @@ struct PanelRows {
   int64_t groups;       // padded in_features / 4
 };
 
+// fp32 activations of the weight-only op: rows of stride ld >= n_col_blocks * cb
+// (zero padded).
+struct FloatRows {
+  const float* x;
+  int64_t M, ld;
+};
+
 // Vectorized twin of quantize_rows (AVX2 + FMA-free float ops, bit-identical).
 void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
                         int64_t m_end, const QuantizedRows& out);
@@ -85,10 +95,21 @@ void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
 void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
                          int64_t m_end, const PanelRows& out);
 
+// The three kernel signatures. Each computes output row blocks [rb_begin,
+// rb_end) and returns false if it met a block column index out of range (it
+// never reads there; the op then raises).
+//  rows:  quantized activations, row-major (QuantizedRows), all M rows;
+//  panel: quantized activations in a PanelRows, one chunk of rows per call;
+//  float: fp32 activations (the weight-only op), all M rows.
+using RowsKernel = bool (*)(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                            int64_t rb_begin, int64_t rb_end);
+using PanelKernel = bool (*)(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                             bool relu, int64_t rb_begin, int64_t rb_end);
+using FloatKernel = bool (*)(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+                             int64_t rb_begin, int64_t rb_end);
+
+// qlinear_dynamic kernels (names as in the kernel table, dispatch.cpp).
 // Row blocks of 1 x cb with cb % 4 == 0 (1x4 sparse; 1xK dense layout).
-// "rows" kernels: activations row-major (small M, one weight pass, gathers);
-// "panel" kernels: activations in a PanelRows, one chunk of rows per call.
-// All return false on a block column index out of range (never read there).
 bool bsr_1x4_rows_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                        bool relu, int64_t rb_begin, int64_t rb_end);
 bool bsr_1x4_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
@@ -100,7 +121,7 @@ bool bsr_1x4_panel_avx512vnni(const PanelRows& a, int64_t chunk,
                               const BsrWeight& w, float* out, bool relu,
                               int64_t rb_begin, int64_t rb_end);
 // Dense layout (every row one 1 x K_padded block at column 0, row_ptr the
-// identity, checked by the dispatcher), large M: register tile over output rows too.
+// identity, checked by the table), large M: register tile over output rows too.
 bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
@@ -111,8 +132,58 @@ bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
 // (An AVX-512 VNNI 8x1 variant -- 4-block byte transpose + vpdpbusd -- measured
 // 1.3-1.5x slower than this one: CPUs with VNNI run bsr_8x1_avx2.)
 
-// Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the best kernel the
-// CPU (or the forced ISA) allows, multithreaded. Raises on a bad col index.
+// qlinear_weight_only kernels (csrc/qlinear_weight_only.cpp). w.w_sum is unused.
+bool wo_generic(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+                int64_t rb_begin, int64_t rb_end);
+bool wo_avx2(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+             int64_t rb_begin, int64_t rb_end);
+
+// ---------------------------------------------------------------------------
+// The kernel table (dispatch.cpp): one row per kernel, searched in order, the
+// first row that matches {op, ISA, block rule, layout, M range, K range} runs.
+//
+// To add a kernel: write it with one of the three signatures above (a new
+// csrc/kernels/<family>_<isa>.cpp file is picked up by setup.py's source rules),
+// declare it here, and add one row to kTable in dispatch.cpp above the rows it
+// should win over. Name it <datatypes>_<layout>_<tile>__<isa> (XNNPACK style):
+// "qd8" = the dynamic op (u8 activations quantized per row, s8 weights, f32 out),
+// "f32_qc8w" = the weight-only op (f32 activations, per-channel s8 weights).
+// A new ISA (e.g. ARM NEON / dotprod) is one more Isa value, one capability
+// check in dispatch.cpp and its rows.
+
+enum class Op : int { kDynamic = 0, kWeightOnly = 1 };
+enum class BlockRule : int {
+  k1x4c,  // row_block 1, col_block % 4 == 0 (1x4, 1x8, ..., the dense 1 x K_pad)
+  k8x1,   // col_block 1, row_block % 8 == 0 (8x1, 16x1, ...)
+  kAny,
+};
+enum class Layout : int {
+  kSparse,  // any BSR weight that is not the dense layout
+  kDense,   // pack(layout="dense"): one 1 x K_pad block per row, row_ptr the identity
+  kAny,
+};
+
+struct KernelEntry {
+  const char* name;
+  Op op;
+  Isa isa;          // the least ISA it needs
+  BlockRule block;
+  Layout layout;
+  int64_t m_min, m_max;  // input rows (flattened M), inclusive
+  bool int32_acc;        // exact only for K_pad <= kMaxInt32InFeatures
+  RowsKernel rows;       // exactly one of rows / panel / fp is set
+  PanelKernel panel;
+  FloatKernel fp;
+};
+
+// The row of the table that serves this call (never null: the generic kernels
+// match everything).
+const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M);
+// The table itself, for listing (count rows).
+const KernelEntry* kernel_table(int* count);
+
+// Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the table's kernel for
+// the CPU (or the forced ISA), multithreaded. Raises on a bad col index.
 void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu,
                  float* out);
 // Names of the ISA paths this CPU can run, best last ("generic" first).
@@ -120,5 +191,7 @@ const char* const* available_isas(int* count);
 // Forces one ISA path ("auto" undoes it); returns false if not available.
 bool force_isa(const char* name);
 const char* active_isa_name();
+// The ISA the kernels run now: the best the CPU has, or the forced one.
+Isa current_isa();
 
 }  // namespace sqfx
