@@ -97,12 +97,33 @@ class PackedLinear:
         dense = rb == 1 and self.n_col_blocks == 1 and cb % 4 == 0 and self.nnz_blocks == self.out_features
         return "dense" if dense else "sparse"
 
+    def tiled(self) -> tuple | None:
+        """The small-M tiled layout of a 1x4 sparse weight, (tile_ptr, step_col, slot_w, slot_idx, row_perm),
+        or None for other blocks and the dense layout. Derived from values / row_ptr / col_idx (by
+        the op `sqfx::_pack_tiled`, O(nnz)), never stored: files keep packed format v1. Cached
+        until one of those tensors is replaced or changed in place."""
+        if not self._has_tiled():
+            return None
+        key = tuple((id(t), t._version) for t in (self.values, self.row_ptr, self.col_idx))
+        cached = self.__dict__.get("_tiled_cache")
+        if cached is None or cached[0] != key:
+            tensors = tuple(torch.ops.sqfx._pack_tiled(self.values, self.row_ptr, self.col_idx,
+                                                       self.w_scale, self.in_features))
+            cached = (key, tensors)
+            self.__dict__["_tiled_cache"] = cached
+        return cached[1]
+
     def kernel_for(self, M: int, op: str = "qlinear_dynamic") -> str:
         """The kernel `op` ("qlinear_dynamic" or "qlinear_weight_only") runs for M input rows on
         this CPU (or under sqfx.ops.force_isa), e.g. "qd8_bsr1x4c_rows__avx512vnni": asked from
-        the op's kernel table (csrc/kernels/dispatch.cpp)."""
+        the op's kernel table (csrc/kernels/dispatch.cpp). Assumes calls through PackedLinear,
+        which pass the tiled layout (tiled()) where there is one."""
         return torch.ops.sqfx._kernel_for(op, self.values, self.row_ptr, self.col_idx, self.w_scale,
-                                          self.in_features, int(M))
+                                          self.in_features, int(M), self._has_tiled())
+
+    def _has_tiled(self) -> bool:
+        # 1x4 sparse weights with stored blocks (an empty layer needs no kernel)
+        return self.block == (1, 4) and self.layout != "dense" and self.nnz_blocks > 0
 
     def kernels(self, op: str = "qlinear_dynamic") -> list[tuple[int, int | None, str]]:
         """[(m_first, m_last or None for no limit, kernel)]: the table's choice over every M >= 1
@@ -156,7 +177,7 @@ class PackedLinear:
 
     def __call__(self, input: torch.Tensor, relu: bool = False) -> torch.Tensor:
         return torch.ops.sqfx.qlinear_dynamic(
-            input, *self.tensors(), self.in_features, relu
+            input, *self.tensors(), self.in_features, relu, *(self.tiled() or ())
         )
 
 

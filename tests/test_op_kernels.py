@@ -173,11 +173,12 @@ def test_layout_auto_and_kernel_names():
     if best == "generic":
         assert sparse.kernel == dense.kernel == "qd8_bsr__scalar"
     else:
-        assert sparse.kernel_for(1) == f"qd8_bsr1x4c_rows__{best}"
+        assert sparse.kernel_for(1) == f"qd8_bsr1x4_tiled16x32__{best}"  # PackedLinear passes tiled()
+        assert pack(w, block=(1, 8)).kernel_for(1) == f"qd8_bsr1x4c_rows__{best}"
         assert sparse.kernel_for(64).startswith("qd8_bsr1x4c_panel") and sparse.kernel_for(64).endswith(best)
         assert dense.kernel_for(64).startswith("qd8_dense_panel") and dense.kernel_for(64).endswith(best)
         assert pack(w, block=(8, 1)).kernel == "qd8_bsr8x1_rows8__avx2"  # on VNNI CPUs too
-        assert f"qd8_bsr1x4c_rows__{best} (M 1-3)" in sparse.kernel
+        assert sparse.kernel.startswith(f"qd8_bsr1x4_tiled16x32__{best} (M 1-")
     assert pack(w, block=(4, 4)).kernel == "qd8_bsr__scalar"
     with sqfx.ops.force_isa("generic"):
         assert pack(w, block=(8, 1)).kernel == "qd8_bsr__scalar"

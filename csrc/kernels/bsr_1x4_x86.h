@@ -214,3 +214,60 @@ inline bool panel_loop(const PanelRows& a, int64_t chunk, const BsrWeight& w, fl
 
 }  // namespace x86
 }  // namespace sqfx
+
+namespace sqfx {
+namespace x86 {
+
+// Epilogue of a tile of the tiled layout: lane l is output row row[l] (or none).
+struct TileLanes {
+  alignas(32) int32_t w_sum[kTiledLanes];
+  alignas(32) float w_scale[kTiledLanes];
+  alignas(32) float bias[kTiledLanes];
+  int32_t row[kTiledLanes];
+};
+
+// The lanes of tile t; row_perm entries were checked to be in [-1, N) by the op.
+inline void tile_lanes(const BsrWeight& w, int64_t t, TileLanes* p) {
+  for (int l = 0; l < kTiledLanes; ++l) {
+    const int32_t r = w.tiled->row_perm[t * kTiledLanes + l];
+    p->row[l] = r;
+    p->w_sum[l] = r >= 0 ? w.w_sum[r] : 0;
+    p->w_scale[l] = r >= 0 ? w.w_scale[r] : 0.0f;
+    p->bias[l] = (r >= 0 && w.bias) ? w.bias[r] : 0.0f;
+  }
+}
+
+// Lanes 8h..8h+7 of a tile for one input row: the same float32 steps as
+// sqfx::epilogue, stored to y[row[l]] (y = the input row's output row).
+__attribute__((target("avx2,fma"))) inline void store_lanes8(__m256i acc, int32_t zp, float a_scale,
+                                                           const TileLanes& p, int h,
+                                                           bool has_bias, bool relu, float* y) {
+  const int o = 8 * h;
+  __m256i wsum = _mm256_load_si256(reinterpret_cast<const __m256i*>(p.w_sum + o));
+  __m256i corr = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(zp), wsum));
+  __m256 s = _mm256_mul_ps(_mm256_set1_ps(a_scale), _mm256_load_ps(p.w_scale + o));
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
+  if (has_bias) v = _mm256_add_ps(v, _mm256_load_ps(p.bias + o));
+  if (relu) {
+    __m256 zero = _mm256_setzero_ps();
+    v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  for (int l = 0; l < 8; ++l)
+    if (p.row[o + l] >= 0) y[p.row[o + l]] = t[l];
+}
+
+// The window start of a step, clamped into the row (the op's scratch rows
+// hold at least kTiledWindow dwords past any start in [0, last_start]);
+// *bad records a start that was out of range.
+inline int64_t window_start(int32_t col, int64_t last_start, bool* bad) {
+  // one unsigned compare: a negative start reads as huge
+  const uint64_t u = static_cast<uint32_t>(col);
+  const bool out = u > static_cast<uint64_t>(last_start);
+  *bad |= out;
+  return out ? last_start : static_cast<int64_t>(u);
+}
+
+}  // namespace x86
+}  // namespace sqfx

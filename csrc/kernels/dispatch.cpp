@@ -38,6 +38,11 @@ namespace sqfx {
 namespace {
 
 constexpr int64_t kPanelMinRows = 4;
+// The small-M tiled kernels run up to these M (when the call carries the layout);
+// above them the panel kernels' cost per extra input row is lower (measured
+// crossovers, 4096x4096 and BERT shapes at 80-90%: docs/design.md).
+constexpr int64_t kTiledMaxRowsVnni = 12;
+constexpr int64_t kTiledMaxRowsAvx2 = 3;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 constexpr int64_t kMinParallelWork = 1 << 17;
 
@@ -73,9 +78,11 @@ constexpr Op D = Op::kDynamic, W = Op::kWeightOnly;
 const KernelEntry kTable[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     // name                                op ISA              block               layout            M range                  int32  rows / panel / fp
+    {"qd8_bsr1x4_tiled16x32__avx512vnni",  D, Isa::kAvx512Vnni, BlockRule::k1x4,  Layout::kTiled,  1, kTiledMaxRowsVnni,       true, bsr_1x4_tiled_avx512vnni, nullptr, nullptr},
     {"qd8_bsr1x4c_rows__avx512vnni",       D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    1, kPanelMinRows - 1,       true, bsr_1x4_rows_avx512vnni, nullptr, nullptr},
     {"qd8_dense_panel4x64__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kDense,  kPanelMinRows, kNoLimit,    true, nullptr, dense_panel_avx512vnni, nullptr},
     {"qd8_bsr1x4c_panel16__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx512vnni, nullptr},
+    {"qd8_bsr1x4_tiled16x32__avx2",        D, Isa::kAvx2,       BlockRule::k1x4,  Layout::kTiled,  1, kTiledMaxRowsAvx2,       true, bsr_1x4_tiled_avx2, nullptr, nullptr},
     {"qd8_bsr1x4c_rows__avx2",             D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kAny,    1, kPanelMinRows - 1,       true, bsr_1x4_rows_avx2, nullptr, nullptr},
     {"qd8_dense_panel2x16__avx2",          D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kDense,  kPanelMinRows, kNoLimit,    true, nullptr, dense_panel_avx2, nullptr},
     {"qd8_bsr1x4c_panel8__avx2",           D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx2, nullptr},
@@ -88,6 +95,7 @@ const KernelEntry kTable[] = {
 
 bool block_matches(BlockRule rule, const BsrWeight& w) {
   switch (rule) {
+    case BlockRule::k1x4: return w.row_block == 1 && w.col_block == 4;
     case BlockRule::k1x4c: return w.row_block == 1 && w.col_block % 4 == 0;
     case BlockRule::k8x1: return w.col_block == 1 && w.row_block % 8 == 0;
     case BlockRule::kAny: return true;
@@ -183,6 +191,7 @@ const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) 
     if (!block_matches(e.block, w)) continue;
     if (e.layout == Layout::kDense && !dense) continue;
     if (e.layout == Layout::kSparse && dense) continue;
+    if (e.layout == Layout::kTiled && w.tiled == nullptr) continue;
     if (m < e.m_min || m > e.m_max) continue;
     return e;
   }
@@ -247,11 +256,19 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
     return;
   }
 
-  QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
+  // The tiled kernels read a window of kTiledWindow dwords from any start in
+  // [0, max(0, n_col_blocks - kTiledWindow)]: rows hold at least that many.
+  const bool tiled = kernel.layout == Layout::kTiled;
+  const int64_t ld_q = tiled ? std::max<int64_t>(ld, 4 * kTiledWindow) : ld;
+  QuantizedRows a{grow(tls.q, M * ld_q), grow(tls.scale, M), grow(tls.zp, M), M, ld_q};
   run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize(isa, x, K, b, e, a); });
-  run_range(w.n_row_blocks, macs_per_rb * M, [&](int64_t b, int64_t e) {
+  // Work units: output row blocks, or tiles of kTiledLanes rows.
+  const int64_t units = tiled ? w.tiled->n_tiles : w.n_row_blocks;
+  run_range(units, macs_per_rb * M * (tiled ? kTiledLanes : 1), [&](int64_t b, int64_t e) {
     if (!kernel.rows(a, w, out, relu, b, e)) ok.store(false);
   });
+  STD_TORCH_CHECK(ok.load() || !tiled, "sqfx.qlinear_dynamic: step_col holds a window start outside [0, ",
+                  std::max<int64_t>(0, w.n_col_blocks - kTiledWindow), "]");
   if (!ok.load()) raise_bad_col(w);
 }
 

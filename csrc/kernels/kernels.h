@@ -2,6 +2,7 @@
 // Plain pointers and sizes only: the kernels know nothing of torch.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace sqfx {
 
@@ -12,6 +13,27 @@ struct QuantizedRows {
   const int32_t* zp;     // [M], in [0, 255]
   int64_t M;
   int64_t ld;            // row stride of q, >= n_col_blocks * col_block
+};
+
+// The small-M tiled layout of a 1x4 weight (bsr_1x4_tiled.cpp): tiles of
+// kTiledLanes output rows (lane = row), each a run of steps; a step holds one
+// block (or a zero-weight pad) per lane, all from one window of kTiledWindow
+// activation dwords, so the kernels pick them by an in-register permute.
+constexpr int kTiledLanes = 16;
+constexpr int kTiledWindow = 32;  // dwords: two zmm (vpermi2d), four ymm (vpermd + blends)
+struct TiledWeight {
+  const int32_t* tile_ptr;  // [n_tiles + 1]: steps of tile t are tile_ptr[t]:tile_ptr[t+1]
+  const int32_t* step_col;  // [n_steps]: window start (block column) of each step
+  const int8_t* slot_w;     // [n_steps, 64]: the weight dword of each lane (0 for a pad)
+  const uint8_t* slot_idx;  // [n_steps, 16]: each lane's dword in the window, < kTiledWindow
+  const int32_t* row_perm;  // [n_tiles * 16]: output row of each lane, -1 for none
+  int64_t n_tiles, n_steps;
+};
+// The same, owned (what build_tiled_layout writes).
+struct TiledLayout {
+  std::vector<int32_t> tile_ptr, step_col, row_perm;
+  std::vector<int8_t> slot_w;
+  std::vector<uint8_t> slot_idx;
 };
 
 // A block-sparse row (BSR) int8 weight, already validated by the op.
@@ -27,7 +49,12 @@ struct BsrWeight {
   int64_t row_block, col_block;
   int64_t n_row_blocks, n_col_blocks;
   int64_t nnz;
+  const TiledWeight* tiled = nullptr;  // the small-M layout of the same weight, when given
 };
+
+// Derives the tiled layout of a 1x4 weight (row_block 1, col_block 4) whose
+// block columns are in range and increasing per row (the caller checks).
+void build_tiled_layout(const BsrWeight& w, TiledLayout* out);
 
 // Quantizes rows [m_begin, m_end) of x [M, K] (contiguous fp32) into out.
 void quantize_rows(const float* x, int64_t K, int64_t m_begin, int64_t m_end,
@@ -126,6 +153,13 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                             float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+// 1x4 weights with a tiled layout (w.tiled), small M: gather-free, lane =
+// output row, window dwords picked by vpermi2d (VNNI) / vpermd + blends (AVX2).
+// Here rb_begin / rb_end count tiles of kTiledLanes rows.
+bool bsr_1x4_tiled_avx512vnni(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                              int64_t tile_begin, int64_t tile_end);
+bool bsr_1x4_tiled_avx2(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                        int64_t tile_begin, int64_t tile_end);
 // Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
 bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                   bool relu, int64_t rb_begin, int64_t rb_end);
@@ -153,6 +187,7 @@ bool wo_avx2(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
 
 enum class Op : int { kDynamic = 0, kWeightOnly = 1 };
 enum class BlockRule : int {
+  k1x4,   // exactly 1x4
   k1x4c,  // row_block 1, col_block % 4 == 0 (1x4, 1x8, ..., the dense 1 x K_pad)
   k8x1,   // col_block 1, row_block % 8 == 0 (8x1, 16x1, ...)
   kAny,
@@ -160,6 +195,7 @@ enum class BlockRule : int {
 enum class Layout : int {
   kSparse,  // any BSR weight that is not the dense layout
   kDense,   // pack(layout="dense"): one 1 x K_pad block per row, row_ptr the identity
+  kTiled,   // the call carries the small-M tiled layout (w.tiled) of a 1x4 weight
   kAny,
 };
 
