@@ -103,7 +103,7 @@ def load(path, extra_files: Optional[dict] = None) -> torch.export.ExportedProgr
 def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Full `validate_packed` of every packed layer (constant tensors) the program's
     `sqfx::qlinear_dynamic` calls read; raises PackedFormatError naming the node and tensor."""
-    from .format import PackedFormatError, validate_packed
+    from .format import PackedFormatError, validate_packed, validate_tiled
 
     lifted = {}
     for spec in ep.graph_signature.input_specs:
@@ -123,6 +123,12 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
             continue  # computed in the graph, not a stored layer
         try:
             validate_packed(*tensors, in_features=args[7], out_features=int(tensors[3].numel()))
+            from .format import PackedLinear
+
+            raw = list(node.args[9:14]) + [node.kwargs.get(f) for f in PackedLinear.TILED_FIELDS[len(node.args[9:14]):]]
+            tiled = [lifted.get(a.name) if isinstance(a, torch.fx.Node) else a for a in raw]
+            if any(t is not None for t in tiled):
+                validate_tiled(tensors[:4], args[7], tiled)
         except PackedFormatError as e:
             raise PackedFormatError(f"{e} (in the program's call {node.name})") from None
     return ep

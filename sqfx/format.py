@@ -63,6 +63,8 @@ class PackedLinear:
     per_channel: bool = True
 
     TENSOR_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
+    # The op's optional small-M tiled layout (tiled()), derived, never stored in files.
+    TILED_FIELDS = ("tile_ptr", "step_col", "slot_w", "slot_idx", "row_perm")
 
     @property
     def block(self) -> tuple[int, int]:
@@ -276,6 +278,22 @@ def validate_packed(values, row_ptr, col_idx, w_scale, w_sum, bias, *, in_featur
         _fail("w_sum", "would overflow int32: in_features is too large for int8 row sums")
     if not torch.equal(expected_sum.to(torch.int32), w_sum):
         _fail("w_sum", "does not equal the row sums of the int8 weights")
+
+
+def validate_tiled(bsr, in_features, tiled) -> None:
+    """The small-M tiled layout given with a packed weight must be the one its BSR tensors
+    (values, row_ptr, col_idx, w_scale; already validated) derive to: else the op's small-M
+    kernels would compute another weight than the large-M ones."""
+    values, row_ptr, col_idx, w_scale = bsr
+    tiled = list(tiled)
+    if len(tiled) != len(PackedLinear.TILED_FIELDS) or any(not isinstance(t, torch.Tensor) for t in tiled):
+        _fail("tiled layout", f"needs the {len(PackedLinear.TILED_FIELDS)} tensors {PackedLinear.TILED_FIELDS}")
+    if tuple(values.shape[1:]) != (1, 4):
+        _fail("tiled layout", f"is only defined for 1x4 blocks, the weight has {tuple(values.shape[1:])}")
+    want = torch.ops.sqfx._pack_tiled(values, row_ptr, col_idx, w_scale, in_features)
+    for name, got, exp in zip(PackedLinear.TILED_FIELDS, tiled, want):
+        if got.dtype != exp.dtype or got.shape != exp.shape or not torch.equal(got, exp):
+            _fail(name, "does not match the tiled layout of the weight's values / row_ptr / col_idx")
 
 
 def _as_block(block) -> tuple[int, int]:

@@ -231,3 +231,41 @@ def test_pack_tiled_rejects_bad_weights():
     col[1] = 99
     with pytest.raises(RuntimeError, match="increasing within each row"):
         torch.ops.sqfx._pack_tiled(p.values, p.row_ptr, col, p.w_scale, 64)
+
+
+def test_module_derives_the_layout_and_keeps_it_out_of_the_state_dict():
+    from sqfx.nn import SparseQuantLinear
+
+    p = make(48, 160, 0.8, seed=8)
+    mod = SparseQuantLinear(p)
+    assert not any("tiled" in k for k in mod.state_dict())  # files keep packed format v1
+    fresh = SparseQuantLinear(make(48, 160, 0.3, seed=9))
+    fresh.load_state_dict(mod.state_dict())
+    for name, t in zip(p.TILED_FIELDS, p.tiled()):
+        assert torch.equal(getattr(fresh, f"tiled_{name}"), t)
+    x = torch.randn(2, 160)
+    assert torch.equal(fresh(x), reference.qlinear_dynamic(x, *p.tensors(), 160, False))
+
+
+def test_exported_program_carries_a_checked_layout():
+    from sqfx.artifacts import validate_program
+    from sqfx.format import PackedFormatError
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32))
+    ep = sqfx.export(model, (torch.randn(3, 64),), sqfx.SparseQuantConfig(target_sparsity=0.8))
+    calls = [n for n in ep.graph.nodes if n.target is torch.ops.sqfx.qlinear_dynamic.default]
+    assert calls and all(len(n.args) == 14 for n in calls)  # every call passes the tiled layout
+    validate_program(ep)
+    x = torch.randn(3, 64)
+    y = ep.module()(x)
+    with torch.no_grad():
+        eager = sqfx.prepare_and_convert(model, sqfx.SparseQuantConfig(target_sparsity=0.8),
+                                         example_inputs=(x,))(x)
+    assert torch.equal(y, eager)
+    # tamper one lane's weight of the first layer's layout: memory-safe, but caught on load
+    slot_w_name = calls[0].args[11].name
+    spec = next(s for s in ep.graph_signature.input_specs if s.arg.name == slot_w_name)
+    store = ep.state_dict if spec.target in ep.state_dict else ep.constants
+    store[spec.target].view(-1)[0] += 1
+    with pytest.raises(PackedFormatError, match="slot_w does not match"):
+        validate_program(ep)

@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from .. import ops  # noqa: F401  (the op must be registered before a graph can call it)
 from ..config import SparseQuantConfig, as_config
+from ..format import PackedLinear
 from ..patterns import LinearMatch, find_linear_matches
 from ..patterns.linear_relu import PlaceholderResolver
 from .layer import lower_layer
@@ -20,6 +21,7 @@ from .report import ConversionReport, LayerReport, SkippedLayer
 QLINEAR = torch.ops.sqfx.qlinear_dynamic.default
 QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
 _PACKED_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
+_TILED_FIELDS = PackedLinear.TILED_FIELDS  # the op's optional small-M layout
 
 
 def _describe(match: LinearMatch) -> str:
@@ -60,16 +62,17 @@ def _emit(gm: fx.GraphModule, match: LinearMatch, attrs: dict, in_features: int,
     graph = gm.graph
     out = match.output_node
     with graph.inserting_before(match.linear_node):
-        used = [f for f in attrs if not (activation == "weight_only" and f == "w_sum")]
+        used = [f for f in attrs if not (activation == "weight_only" and (f == "w_sum" or f in _TILED_FIELDS))]
         g = {f: (graph.get_attr(attrs[f]) if attrs[f] is not None else None) for f in used}
         if activation == "weight_only":
             node = graph.call_function(QLINEAR_WEIGHT_ONLY, (
                 match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["bias"],
                 in_features, relu))
         else:
+            tiled = tuple(g[f] for f in _TILED_FIELDS) if g.get("tile_ptr") is not None else ()
             node = graph.call_function(QLINEAR, (
                 match.input_node, g["values"], g["row_ptr"], g["col_idx"], g["w_scale"], g["w_sum"],
-                g["bias"], in_features, relu))
+                g["bias"], in_features, relu, *tiled))
     node.meta.update({k: v for k, v in out.meta.items() if k in ("val", "example_value", "tensor_meta",
                                                                    "stack_trace", "nn_module_stack")})
     out.replace_all_uses_with(node)
@@ -152,7 +155,8 @@ def convert_graph(gm: fx.GraphModule, config: Optional[SparseQuantConfig] = None
             lowered = lower_layer(match.fqn, match.weight.tensor, bias, settings, config, module_masks)
             prefix = _buffer_prefix(gm, match.fqn)
             attrs = {}
-            for f, t in zip(_PACKED_FIELDS, lowered.packed.tensors()):
+            tiled = lowered.packed.tiled() or (None,) * len(_TILED_FIELDS)
+            for f, t in zip(_PACKED_FIELDS + _TILED_FIELDS, lowered.packed.tensors() + tuple(tiled)):
                 if t is None:
                     attrs[f] = None
                 else:
