@@ -32,10 +32,10 @@ using torch::headeronly::ScalarType;
 namespace {
 
 // The optional small-M tiled layout (kernels.h, TiledWeight) of a 1x4 weight:
-// O(N + tiles) checks of everything the kernels use as an address or a loop
-// bound. Window starts are clamped by the kernels (and reported); local
-// indices are masked to 5 bits by the permutes, so no value of them reads
-// outside the scratch row. Consistency with values / col_idx is checked on
+// O(N + steps) checks of everything the kernels use as an address or a loop
+// bound (a vectorized pass over the window starts costs ~1% of a kernel
+// call); local indices are masked to 5 bits by the permutes, so no value of
+// them reads outside the scratch row. Consistency with values / col_idx is checked on
 // load (validate_packed), like col_idx order.
 TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optional<Tensor>& tile_ptr,
                         const std::optional<Tensor>& step_col, const std::optional<Tensor>& slot_w,
@@ -64,28 +64,38 @@ TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optio
                   slot_idx->size(0), ", ", slot_idx->size(1), "]");
   STD_TORCH_CHECK(row_perm->size(0) == t.n_tiles * kTiledLanes, op, ": row_perm has ", row_perm->size(0),
                   " entries, expected ", t.n_tiles * kTiledLanes);
+  // The loops below accumulate flags instead of checking each entry, so they
+  // vectorize: this is per-call cost.
   const int32_t* tp = tile_ptr->const_data_ptr<int32_t>();
-  STD_TORCH_CHECK(tp[0] == 0, op, ": tile_ptr[0] must be 0, got ", tp[0]);
-  for (int64_t i = 0; i < t.n_tiles; ++i)
-    STD_TORCH_CHECK(tp[i] <= tp[i + 1], op, ": tile_ptr must be non-decreasing at ", i);
+  bool monotone = tp[0] == 0;
+  for (int64_t i = 0; i < t.n_tiles; ++i) monotone &= tp[i] <= tp[i + 1];
+  STD_TORCH_CHECK(monotone, op, ": tile_ptr must start at 0 and be non-decreasing");
   STD_TORCH_CHECK(tp[t.n_tiles] == t.n_steps, op, ": tile_ptr[-1] = ", tp[t.n_tiles],
                   " must equal the number of steps ", t.n_steps);
-  // Every output row exactly once (else some output would stay unwritten).
+  // Lanes name output rows in [0, N) or -1, N of them. That a row is named
+  // exactly once is checked on load (validate_tiled, O(N) with a bitmap, too
+  // slow per call): a repeated row here only leaves another row's outputs at
+  // the zeros the op fills them with first, a wrong but defined result.
   const int32_t* perm = row_perm->const_data_ptr<int32_t>();
-  thread_local std::vector<uint8_t> seen;
-  seen.assign(static_cast<size_t>(p.N), 0);
+  bool in_range = true;
   int64_t lanes_used = 0;
   for (int64_t i = 0; i < t.n_tiles * kTiledLanes; ++i) {
-    const int32_t r = perm[i];
-    if (r == -1) continue;
-    STD_TORCH_CHECK(r >= 0 && r < p.N && !seen[r], op, ": row_perm must hold every output row once (and -1 ",
-                    "for unused lanes), but row_perm[", i, "] = ", r);
-    seen[r] = 1;
-    ++lanes_used;
+    in_range &= perm[i] >= -1 && perm[i] < p.N;
+    lanes_used += perm[i] >= 0;
   }
-  STD_TORCH_CHECK(lanes_used == p.N, op, ": row_perm names ", lanes_used, " rows, expected out_features = ", p.N);
+  STD_TORCH_CHECK(in_range && lanes_used == p.N, op, ": row_perm must name each of the ", p.N,
+                  " output rows once (-1 for unused lanes)");
+  // Window starts in [0, max(0, n_col_blocks - kTiledWindow)]: the scratch rows
+  // hold kTiledWindow dwords past any of them. One unsigned compare each
+  // (negative reads as huge), no early exit: the loop vectorizes.
+  const int32_t* cols = step_col->const_data_ptr<int32_t>();
+  const uint32_t last = static_cast<uint32_t>(std::max<int64_t>(0, p.n_col_blocks - kTiledWindow));
+  // (an OR of compares: this file is built for baseline x86-64, which has no unsigned max)
+  int32_t outside = 0;
+  for (int64_t s = 0; s < t.n_steps; ++s) outside |= static_cast<uint32_t>(cols[s]) > last;
+  STD_TORCH_CHECK(!outside, op, ": step_col holds a window start outside [0, ", last, "]");
   t.tile_ptr = tp;
-  t.step_col = step_col->const_data_ptr<int32_t>();
+  t.step_col = cols;
   t.slot_w = slot_w->const_data_ptr<int8_t>();
   t.slot_idx = slot_idx->const_data_ptr<uint8_t>();
   t.row_perm = perm;
@@ -131,6 +141,8 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
   Tensor out = torch::stable::empty(out_shape, ScalarType::Float);
+  // (tiled: rows a crafted row_perm leaves unnamed read as 0, see check_tiled)
+  if (w.tiled) std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));
   // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
   run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
   return out;

@@ -103,10 +103,12 @@ class PackedLinear:
         """The small-M tiled layout of a 1x4 sparse weight, (tile_ptr, step_col, slot_w, slot_idx, row_perm),
         or None for other blocks and the dense layout. Derived from values / row_ptr / col_idx (by
         the op `sqfx::_pack_tiled`, O(nnz)), never stored: files keep packed format v1. Cached
-        until one of those tensors is replaced or changed in place."""
+        until one of those tensors is replaced or changed in place (inference tensors, made under
+        torch.inference_mode, have no version counter: an in-place change of one is not seen;
+        replace the tensor instead)."""
         if not self._has_tiled():
             return None
-        key = tuple((id(t), t._version) for t in (self.values, self.row_ptr, self.col_idx))
+        key = tuple((id(t), t.data_ptr(), _version(t)) for t in (self.values, self.row_ptr, self.col_idx))
         cached = self.__dict__.get("_tiled_cache")
         if cached is None or cached[0] != key:
             tensors = tuple(torch.ops.sqfx._pack_tiled(self.values, self.row_ptr, self.col_idx,
@@ -181,6 +183,10 @@ class PackedLinear:
         return torch.ops.sqfx.qlinear_dynamic(
             input, *self.tensors(), self.in_features, relu, *(self.tiled() or ())
         )
+
+
+def _version(t: torch.Tensor) -> int:
+    return -1 if t.is_inference() else t._version
 
 
 def _describe_runs(runs) -> str:

@@ -167,21 +167,25 @@ def test_cache_follows_in_place_changes():
     assert torch.equal(p(x), reference.qlinear_dynamic(x, *p.tensors(), 64, False))
 
 
-def _bad(tiled, i, t):
-    t_list = list(tiled)
-    t_list[i] = t
-    return t_list
+def test_inference_mode_tensors():
+    """Tensors made under torch.inference_mode have no version counter (regression)."""
+    with torch.inference_mode():
+        p = make(32, 64, 0.5, seed=4)
+        x = torch.randn(2, 64)
+        assert torch.equal(p(x), reference.qlinear_dynamic(x, *p.tensors(), 64, False))
+        p.values = p.values.neg()  # replacing a tensor is seen
+        assert torch.equal(p(x), reference.qlinear_dynamic(x, *p.tensors(), 64, False))
 
 
 @pytest.mark.parametrize("case,match", [
     ("missing", "needs all of"),
     ("tile_ptr_len", "tile_ptr has"),
-    ("tile_ptr_order", "non-decreasing"),
+    ("tile_ptr_order", "start at 0 and be non-decreasing"),
     ("tile_ptr_end", r"tile_ptr\[-1\]"),
     ("slot_w_shape", "slot_w must be"),
     ("slot_idx_dtype", "slot_idx must have dtype torch.uint8"),
-    ("perm_dup", "row_perm must hold every output row once"),
-    ("perm_range", "row_perm must hold every output row once"),
+    ("perm_range", "row_perm must name each of the 40"),
+    ("perm_count", "row_perm must name each of the 40"),
     ("step_col_high", "step_col holds a window start outside"),
     ("step_col_negative", "step_col holds a window start outside"),
     ("not_1x4", "only defined for 1x4"),
@@ -202,8 +206,8 @@ def test_bad_tiled_tensors_raise(case, match):
         tiled[2] = tiled[2][:, :32].contiguous()
     elif case == "slot_idx_dtype":
         tiled[3] = tiled[3].to(torch.int8)
-    elif case == "perm_dup":
-        tiled[4][1] = tiled[4][0]
+    elif case == "perm_count":
+        tiled[4][0] = -1
     elif case == "perm_range":
         tiled[4][0] = 40
     elif case == "step_col_high":
@@ -217,6 +221,21 @@ def test_bad_tiled_tensors_raise(case, match):
     for isa in isas:
         with sqfx.ops.force_isa(isa), pytest.raises(RuntimeError, match=match):
             torch.ops.sqfx.qlinear_dynamic(torch.randn(1, 300), *args, 300, False, *tiled)
+
+
+def test_repeated_row_in_row_perm_is_defined_and_caught_on_load():
+    """A row named twice (so another never) is memory-safe and deterministic at the op (that
+    row's outputs are 0), and validate_tiled rejects it."""
+    from sqfx.format import PackedFormatError, validate_tiled
+
+    p = make(40, 300, 0.5, seed=5)
+    tiled = [t.clone() for t in p.tiled()]
+    lost = int(tiled[4][1])
+    tiled[4][1] = tiled[4][0]
+    y = op(p, torch.randn(2, 300), tiled=tiled)
+    assert bool((y[:, lost] == 0).all())
+    with pytest.raises(PackedFormatError, match="row_perm does not match"):
+        validate_tiled(p.tensors()[:4], 300, tiled)
 
 
 def test_pack_tiled_rejects_bad_weights():

@@ -258,16 +258,6 @@ __attribute__((target("avx2,fma"))) inline void store_lanes8(__m256i acc, int32_
     if (p.row[o + l] >= 0) y[p.row[o + l]] = t[l];
 }
 
-// The window start of a step, clamped into the row (the op's scratch rows
-// hold at least kTiledWindow dwords past any start in [0, last_start]);
-// *bad records a start that was out of range.
-inline int64_t window_start(int32_t col, int64_t last_start, bool* bad) {
-  // one unsigned compare: a negative start reads as huge
-  const uint64_t u = static_cast<uint32_t>(col);
-  const bool out = u > static_cast<uint64_t>(last_start);
-  *bad |= out;
-  return out ? last_start : static_cast<int64_t>(u);
-}
 
 }  // namespace x86
 }  // namespace sqfx

@@ -23,7 +23,8 @@ constexpr int kTiledLanes = 16;
 constexpr int kTiledWindow = 32;  // dwords: two zmm (vpermi2d), four ymm (vpermd + blends)
 struct TiledWeight {
   const int32_t* tile_ptr;  // [n_tiles + 1]: steps of tile t are tile_ptr[t]:tile_ptr[t+1]
-  const int32_t* step_col;  // [n_steps]: window start (block column) of each step
+  const int32_t* step_col;  // [n_steps]: window start (block column) of each step, checked by the op
+                            // to lie in [0, max(0, n_col_blocks - kTiledWindow)]
   const int8_t* slot_w;     // [n_steps, 64]: the weight dword of each lane (0 for a pad)
   const uint8_t* slot_idx;  // [n_steps, 16]: each lane's dword in the window, < kTiledWindow
   const int32_t* row_perm;  // [n_tiles * 16]: output row of each lane, -1 for none
