@@ -142,7 +142,8 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   out_shape.back() = w.N;
   Tensor out = torch::stable::empty(out_shape, ScalarType::Float);
   // (tiled: rows a crafted row_perm leaves unnamed read as 0, see check_tiled)
-  if (w.tiled) std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));
+  if (w.tiled && M * w.N > 0)  // (an empty tensor's data pointer may be null)
+    std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));
   // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
   run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
   return out;

@@ -102,7 +102,7 @@ def small_m(args):
                 tiled = p.tiled()
                 pad = tiled[1].numel() * 16 / p.nnz_blocks
                 v1_args = (*p.tensors(), K, False)
-                for M in (1, 2, 4, 8, 16):
+                for M in args.ms:
                     x = torch.randn(M, K)
                     peer_t = {"fbgemm": cpu_median(fb.bound(x), args.reps)}
                     if ort is not None:
@@ -119,6 +119,31 @@ def small_m(args):
                               flush=True)
 
 
+def dram(args):
+    """Batch 1 with the weights streamed from DRAM: 16 different 4096x4096 layers at 90% called
+    in turn (their tiled layouts, ~50 MB, do not fit the L3), against the read bandwidth of a
+    256 MB sum on the same threads. Bytes counted: everything the call reads for the weight."""
+    layers = []
+    for i in range(16):
+        _, p = layer(4096, 4096, 0.9, seed=100 + i)
+        layers.append((p, p.tiled()))
+    x = torch.randn(1, 4096)
+    big = torch.ones(64 * 2**20, dtype=torch.float32)
+    for t in args.threads:
+        torch.set_num_threads(t)
+        bw = 256 * 2**20 / median_time(lambda: big.sum(), 10)
+        for isa in [i for i in args.isas if i in sqfx.ops.available_isas()]:
+            with sqfx.ops.force_isa(isa), torch.inference_mode():
+                def sweep():
+                    for p, tl in layers:
+                        torch.ops.sqfx.qlinear_dynamic(x, *p.tensors(), 4096, False, *tl)
+                per_layer = median_time(sweep, 20) / len(layers)
+            p, tl = layers[0]
+            nbytes = sum(z.numel() * z.element_size() for z in tl) + 4096 * 4 * 3
+            print(f"threads={t} isa={isa}: {per_layer*1e6:.1f} us per layer, {nbytes/1e6:.2f} MB -> "
+                  f"{nbytes/per_layer/1e9:.1f} GB/s = {nbytes/per_layer/bw:.0%} of the {bw/1e9:.1f} GB/s read bandwidth")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -128,12 +153,16 @@ def main():
                     help="sparse vs dense layout per block family (calibrates DENSE_BELOW_SPARSITY)")
     ap.add_argument("--small-m", action="store_true", help="M 1..16 table against the old kernel and peers")
     ap.add_argument("--isas", nargs="+", default=["avx512vnni", "avx2"])
+    ap.add_argument("--dram", action="store_true", help="batch 1 from DRAM against the read bandwidth")
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="M values of --small-m")
     args = ap.parse_args()
     if args.crossover:
         return crossover(args)
     if args.small_m:
         return small_m(args)
+    if args.dram:
+        return dram(args)
     torch.ops.sqfx._set_kernel_isa(args.isa)
     torch.backends.quantized.engine = "fbgemm"
     reps = 50 if args.quick else 200
