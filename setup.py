@@ -1,8 +1,10 @@
 # Builds sqfx._C, the sqfx::qlinear_dynamic op, against the LibTorch stable ABI
 # (TORCH_TARGET_VERSION 2.10) so one binary works across torch releases.
 # SQFX_SANITIZE=1 builds with AddressSanitizer + UBSan for the sanitizer suite.
+import fnmatch
 import glob
 import os
+import platform
 
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -23,11 +25,34 @@ if sanitize:
 else:
     cxx_flags += ["-O3", "-g0"]
 
+# Kernel sources by architecture: a file whose name matches an architecture's patterns is
+# compiled only when building for that architecture; every other source is portable.
+# Another ISA family (e.g. ARM NEON / dotprod: "*_neon.cpp", "*_dotprod.cpp") is one more row.
+ARCH_SOURCES = {
+    "x86_64": ["*_avx2.cpp", "*_avx512*.cpp", "*_x86.cpp"],
+}
+ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64"}
+
+
+def sources_for(arch: str) -> list[str]:
+    arch = ARCH_ALIASES.get(arch.lower(), arch.lower())
+    everything = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/kernels/*.cpp"))
+    specific = {p for pats in ARCH_SOURCES.values() for p in pats}
+    mine = set(ARCH_SOURCES.get(arch, []))
+
+    def keep(path: str) -> bool:
+        name = os.path.basename(path)
+        matched = {p for p in specific if fnmatch.fnmatch(name, p)}
+        return not matched or bool(matched & mine)
+
+    return [p for p in everything if keep(p)]
+
+
 setup(
     ext_modules=[
         CppExtension(
             "sqfx._C",
-            sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/kernels/*.cpp")),
+            sources_for(os.environ.get("SQFX_TARGET_ARCH", platform.machine())),
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
             py_limited_api=True,

@@ -20,6 +20,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include "kernels/kernels.h"
 #include "packed_checks.h"
 
 #include <algorithm>
@@ -44,14 +45,9 @@ using torch::headeronly::ScalarType;
 
 constexpr const char* kOp = "sqfx.qlinear_weight_only";
 
-// The validated weight (csrc/packed_checks.h).
-using WoWeight = CheckedPacked;
-
-// The fp32 activations: rows of stride ld >= n_col_blocks * cb (zero padded).
-struct Rows {
-  const float* x;
-  int64_t M, ld;
-};
+// The validated weight as the kernels see it (kernels.h; w_sum unused).
+using WoWeight = BsrWeight;
+using Rows = FloatRows;
 
 inline float finish(float acc, const WoWeight& w, int64_t n, bool relu) {
   float y = acc * w.w_scale[n];
@@ -63,7 +59,7 @@ inline float finish(float acc, const WoWeight& w, int64_t n, bool relu) {
 // Portable kernel: any block shape. Row block outermost so its weights stay in
 // cache while every input row passes over them.
 template <typename Index>
-bool wo_generic(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+bool wo_generic_impl(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
                 bool relu, int64_t rb_begin, int64_t rb_end) {
   const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
   std::vector<float> acc(rb);
@@ -110,7 +106,7 @@ SQFX_WO_AVX2 inline float hsum8(__m256 v) {
 // registers (never written back), 8 or 4 columns at a time. Two accumulators
 // alternate between blocks to hide the FMA latency of 1x4 blocks.
 template <typename Index>
-SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+SQFX_WO_AVX2 bool wo_avx2_impl(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
                           bool relu, int64_t rb_begin, int64_t rb_end) {
   const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
   bool ok = true;
@@ -200,39 +196,30 @@ SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx
   return ok;
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
-
-// SQFX_WEIGHT_ONLY_KERNEL=generic forces the portable kernel (tests compare the two).
-bool use_avx2() {
-#if SQFX_WO_X86
-  const char* force = std::getenv("SQFX_WEIGHT_ONLY_KERNEL");
-  if (force && std::strcmp(force, "generic") == 0) return false;
-  return cpu_has_avx2_fma();
-#else
-  return false;
-#endif
-}
-
-template <typename Index>
-bool run_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
-                bool relu, int64_t b, int64_t e) {
-#if SQFX_WO_X86
-  if (avx2) return wo_avx2(a, w, col_idx, out, relu, b, e);
-#endif
-  return wo_generic(a, w, col_idx, out, relu, b, e);
-}
 
 }  // namespace
+
+// Entry points of the kernel table (dispatch.cpp: f32_qc8w_* rows).
+bool wo_generic(const FloatRows& a, const BsrWeight& w, float* out, bool relu, int64_t b,
+                int64_t e) {
+  if (w.col_idx_16) return wo_generic_impl(a, w, static_cast<const int16_t*>(w.col_idx), out, relu, b, e);
+  return wo_generic_impl(a, w, static_cast<const int32_t*>(w.col_idx), out, relu, b, e);
+}
+
+#if SQFX_WO_X86
+bool wo_avx2(const FloatRows& a, const BsrWeight& w, float* out, bool relu, int64_t b, int64_t e) {
+  if (w.col_idx_16) return wo_avx2_impl(a, w, static_cast<const int16_t*>(w.col_idx), out, relu, b, e);
+  return wo_avx2_impl(a, w, static_cast<const int32_t*>(w.col_idx), out, relu, b, e);
+}
+#endif
 
 Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx,
                            Tensor w_scale, std::optional<Tensor> bias, int64_t in_features,
                            bool relu) {
   const CheckedPacked p = check_packed(kOp, values, row_ptr, col_idx, w_scale, bias, in_features);
-  const WoWeight& w = p;
+  const BsrWeight w{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, nullptr, p.bias, p.N, p.K,
+                    p.row_block, p.col_block, p.n_row_blocks, p.n_col_blocks, p.nnz};
   const int64_t nnz = p.nnz;
   int64_t M = 0;
   Tensor x = check_input(kOp, input, p, &M);
@@ -252,17 +239,14 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
       a = Rows{padded.data(), M, ld};
     }
     float* yp = out.mutable_data_ptr<float>();
-    const bool avx2 = use_avx2();
+    // Kernel choice: the table in csrc/kernels/dispatch.cpp (force_isa reaches it).
+    const KernelEntry& kernel = select_kernel(Op::kWeightOnly, current_isa(), w, M);
     std::atomic<bool> ok{true};
     const int64_t work_per_rb =
         std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block);
     torch::stable::parallel_for(
         0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
-          const bool good =
-              w.col_idx_16
-                  ? run_kernel(avx2, a, w, static_cast<const int16_t*>(w.col_idx), yp, relu, b, e)
-                  : run_kernel(avx2, a, w, static_cast<const int32_t*>(w.col_idx), yp, relu, b, e);
-          if (!good) ok.store(false);
+          if (!kernel.fp(a, w, yp, relu, b, e)) ok.store(false);
         });
     SQFX_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
                     w.n_col_blocks, ")");

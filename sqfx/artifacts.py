@@ -115,7 +115,7 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
     `sqfx::qlinear_dynamic` and `sqfx::qlinear_weight_only` calls read; raises
     PackedFormatError naming the call and the tensor. A packed argument computed in the graph
     instead of stored is refused too: nothing could vouch for it before it reaches the op."""
-    from .format import PackedFormatError, validate_packed
+    from .format import PackedFormatError, PackedLinear, validate_packed, validate_tiled
 
     lifted = {name: t for name, (_, t) in _lifted_tensors(ep).items()}
     ops = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
@@ -143,6 +143,13 @@ def validate_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedP
         try:
             validate_packed(**tensors, in_features=args.get("in_features"), out_features=int(out_features),
                             weight_only="w_sum" not in names)
+            tiled = [args.get(f) for f in PackedLinear.TILED_FIELDS] if "tile_ptr" in names else []
+            if any(t is not None for t in tiled):  # the small-M layout must be the one the BSR derives
+                if not all(isinstance(t, torch.fx.Node) and t.name in lifted for t in tiled):
+                    raise PackedFormatError(f"sqfx packed format: the tiled layout of the program's call {node.name} "
+                                            "is not five stored tensors: it cannot be validated")
+                validate_tiled([tensors[f] for f in ("values", "row_ptr", "col_idx", "w_scale")],
+                               args.get("in_features"), [lifted[t.name] for t in tiled])
         except PackedFormatError as e:
             raise PackedFormatError(f"{e} (in the program's call {node.name})") from None
     return ep
@@ -211,5 +218,5 @@ def report_from_program(ep: torch.export.ExportedProgram):
         report.layers.append(LayerReport(
             fqn=fqn, in_features=in_features, out_features=p.out_features, block=p.block, sparsity=p.sparsity,
             scheme=f"int8 {p.scheme}", relu_fused=relu, sqnr_db=math.nan, mask_source="stored in the program",
-            matched=str(node.target), activation=mode, kernel=p.kernel if mode == "dynamic_int8" else "weight_only"))
+            matched=str(node.target), activation=mode, kernel=p.kernel_summary("qlinear_weight_only" if mode == "weight_only" else "qlinear_dynamic")))
     return report

@@ -38,7 +38,8 @@ LAYOUTS = ("auto", "sparse", "dense")
 
 
 def _block_family(rb: int, cb: int) -> str:
-    """Which kernel family serves a block shape (same rules as csrc/kernels/dispatch.cpp)."""
+    """The calibration family of a block shape for layout="auto" (DENSE_BELOW_SPARSITY); the
+    kernel itself is chosen by the op's kernel table (PackedLinear.kernel_for)."""
     if rb == 1 and cb % 4 == 0:
         return "1x4"
     if cb == 1 and rb % 8 == 0:
@@ -63,6 +64,8 @@ class PackedLinear:
     per_channel: bool = True
 
     TENSOR_FIELDS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")
+    # The op's optional small-M tiled layout (tiled()), derived, never stored in files.
+    TILED_FIELDS = ("tile_ptr", "step_col", "slot_w", "slot_idx", "row_perm")
 
     @property
     def block(self) -> tuple[int, int]:
@@ -97,29 +100,64 @@ class PackedLinear:
         dense = rb == 1 and self.n_col_blocks == 1 and cb % 4 == 0 and self.nnz_blocks == self.out_features
         return "dense" if dense else "sparse"
 
+    def tiled(self) -> tuple | None:
+        """The small-M tiled layout of a 1x4 sparse weight, (tile_ptr, step_col, slot_w, slot_idx, row_perm),
+        or None for other blocks and the dense layout. Derived from values / row_ptr / col_idx (by
+        the op `sqfx::_pack_tiled`, O(nnz)), never stored: files keep packed format v1. Cached
+        until one of those tensors is replaced or changed in place (inference tensors, made under
+        torch.inference_mode, have no version counter: an in-place change of one is not seen;
+        replace the tensor instead)."""
+        if not self._has_tiled():
+            return None
+        key = tuple((id(t), t.data_ptr(), _version(t)) for t in (self.values, self.row_ptr, self.col_idx))
+        cached = self.__dict__.get("_tiled_cache")
+        if cached is None or cached[0] != key:
+            tensors = tuple(torch.ops.sqfx._pack_tiled(self.values, self.row_ptr, self.col_idx,
+                                                       self.w_scale, self.in_features))
+            cached = (key, tensors)
+            self.__dict__["_tiled_cache"] = cached
+        return cached[1]
+
+    def kernel_for(self, M: int, op: str = "qlinear_dynamic") -> str:
+        """The kernel `op` ("qlinear_dynamic" or "qlinear_weight_only") runs for M input rows on
+        this CPU (or under sqfx.ops.force_isa), e.g. "qd8_bsr1x4c_rows__avx512vnni": asked from
+        the op's kernel table (csrc/kernels/dispatch.cpp). Assumes calls through PackedLinear,
+        which pass the tiled layout (tiled()) where there is one."""
+        return torch.ops.sqfx._kernel_for(op, self.values, self.row_ptr, self.col_idx, self.w_scale,
+                                          self.in_features, int(M), self._has_tiled())
+
+    def _has_tiled(self) -> bool:
+        # 1x4 sparse weights with stored blocks (an empty layer needs no kernel)
+        return self.block == (1, 4) and self.layout != "dense" and self.nnz_blocks > 0
+
+    def kernels(self, op: str = "qlinear_dynamic") -> list[tuple[int, int | None, str]]:
+        """[(m_first, m_last or None for no limit, kernel)]: the table's choice over every M >= 1
+        (it can only change where a table row's M range starts)."""
+        runs: list[list] = []
+        for m in [b for b in torch.ops.sqfx._kernel_m_breaks() if b >= 1]:
+            name = self.kernel_for(m, op)
+            if runs and runs[-1][2] == name:
+                continue
+            if runs:
+                runs[-1][1] = m - 1
+            runs.append([m, None, name])
+        return [tuple(r) for r in runs]
+
     @property
     def kernel(self) -> str:
-        """The kernel the op will run for this weight on this CPU, e.g. "bsr_1x4_avx512vnni",
-        "dense_avx2", "bsr_8x1_avx2", "bsr_generic" (for the conversion report)."""
-        from .ops import active_isa
+        """The kernels the dynamic op runs for this weight on this CPU, by M, for the conversion
+        report: "qd8_bsr1x4c_rows__avx512vnni (M 1-3), qd8_bsr1x4c_panel16__avx512vnni (M >= 4)",
+        or one name when one kernel serves every M."""
+        return self.kernel_summary()
 
-        rb, cb = self.block
-        isa = active_isa()
-        if isa == "generic" or self.n_col_blocks * cb > MAX_INT32_IN_FEATURES:
-            return "bsr_generic"
-        family = _block_family(rb, cb)
-        if family == "other":
-            return "bsr_generic"
-        if self.layout == "dense":
-            return f"dense_{isa}"
-        if family == "8x1":
-            return "bsr_8x1_avx2"  # the dispatcher's choice on VNNI CPUs too
-        return f"bsr_{family}_{isa}"
+    def kernel_summary(self, op: str = "qlinear_dynamic") -> str:
+        """`kernel` for either op."""
+        return _describe_runs(self.kernels(op))
 
     def __call__(self, input: torch.Tensor, relu: bool = False) -> torch.Tensor:
         """`sqfx.pack(...)(x)`, the stable call benchmarks use: one sqfx::qlinear_dynamic call
         through the dispatcher (no import of the op module: the format stays data only)."""
-        return torch.ops.sqfx.qlinear_dynamic(input, *self.tensors(), self.in_features, relu)
+        return torch.ops.sqfx.qlinear_dynamic(input, *self.tensors(), self.in_features, relu, *(self.tiled() or ()))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
@@ -161,6 +199,20 @@ def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) ->
     keep = (rows < out_features) & (cols < in_features)
     dense[rows[keep], cols[keep]] = values[keep]
     return dense
+
+
+def _version(t: torch.Tensor) -> int:
+    return -1 if t.is_inference() else t._version
+
+
+def _describe_runs(runs) -> str:
+    if len(runs) == 1:
+        return runs[0][2]
+    parts = []
+    for first, last, name in runs:
+        span = f"M >= {first}" if last is None else (f"M {first}" if first == last else f"M {first}-{last}")
+        parts.append(f"{name} ({span})")
+    return ", ".join(parts)
 
 
 def _fail(name: str, why: str) -> None:
@@ -287,6 +339,22 @@ def _check_block_chunk(values, col_idx, row_starts, begin, n_cb, out_features, i
     if expected_sum is not None:
         in_layer = ~pad_rows
         expected_sum.index_add_(0, rows[in_layer], values.sum(dim=2, dtype=torch.int64)[in_layer])
+
+
+def validate_tiled(bsr, in_features, tiled) -> None:
+    """The small-M tiled layout given with a packed weight must be the one its BSR tensors
+    (values, row_ptr, col_idx, w_scale; already validated) derive to: else the op's small-M
+    kernels would compute another weight than the large-M ones."""
+    values, row_ptr, col_idx, w_scale = bsr
+    tiled = list(tiled)
+    if len(tiled) != len(PackedLinear.TILED_FIELDS) or any(not isinstance(t, torch.Tensor) for t in tiled):
+        _fail("tiled layout", f"needs the {len(PackedLinear.TILED_FIELDS)} tensors {PackedLinear.TILED_FIELDS}")
+    if tuple(values.shape[1:]) != (1, 4):
+        _fail("tiled layout", f"is only defined for 1x4 blocks, the weight has {tuple(values.shape[1:])}")
+    want = torch.ops.sqfx._pack_tiled(values, row_ptr, col_idx, w_scale, in_features)
+    for name, got, exp in zip(PackedLinear.TILED_FIELDS, tiled, want):
+        if got.dtype != exp.dtype or got.shape != exp.shape or not torch.equal(got, exp):
+            _fail(name, "does not match the tiled layout of the weight's values / row_ptr / col_idx")
 
 
 def _as_block(block) -> tuple[int, int]:

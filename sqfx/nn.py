@@ -43,6 +43,11 @@ class SparseQuantLinear(nn.Module):
         self.per_channel = packed.per_channel
         for name in PackedLinear.TENSOR_FIELDS:
             self.register_buffer(_BUFFER[name], getattr(packed, name))
+        # The small-M tiled layout (1x4 sparse weights): derived here, not part of the state_dict
+        # (files keep packed format v1; loading derives it again through _set_packed).
+        tiled = packed.tiled() or (None,) * len(PackedLinear.TILED_FIELDS)
+        for name, t in zip(PackedLinear.TILED_FIELDS, tiled):
+            self.register_buffer(f"tiled_{name}", t, persistent=False)
 
     @property
     def packed(self) -> PackedLinear:
@@ -79,7 +84,9 @@ class SparseQuantLinear(nn.Module):
                                                    self.fp32_bias, self.in_features, self.relu)
             return y if input.dtype == torch.float32 else y.to(input.dtype)
         y = torch.ops.sqfx.qlinear_dynamic(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
-                                           self.w_sum, self.fp32_bias, self.in_features, self.relu)
+                                           self.w_sum, self.fp32_bias, self.in_features, self.relu,
+                                           self.tiled_tile_ptr, self.tiled_step_col, self.tiled_slot_w,
+                                           self.tiled_slot_idx, self.tiled_row_perm)
         return y if input.dtype == torch.float32 else y.to(input.dtype)
 
     def _apply(self, fn, recurse=True):

@@ -68,7 +68,11 @@ def _refuse_backward(op: str):
 
 
 @torch.library.register_fake("sqfx::qlinear_dynamic")
-def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu):
+def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu,
+                          tile_ptr=None, step_col=None, slot_w=None, slot_idx=None, row_perm=None):
+    tiled = (tile_ptr, step_col, slot_w, slot_idx, row_perm)
+    torch._check(all(t is None for t in tiled) or all(t is not None for t in tiled),
+                 lambda: "sqfx.qlinear_dynamic: the tiled layout needs all of tile_ptr, step_col, slot_w, slot_idx and row_perm")
     return _check_and_shape("qlinear_dynamic", input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum)
 
 
@@ -85,10 +89,12 @@ def qlinear_dynamic(
     bias: torch.Tensor | None,
     in_features: int,
     relu: bool = False,
+    tiled: tuple | None = None,
 ) -> torch.Tensor:
-    """Calls `torch.ops.sqfx.qlinear_dynamic`; see docs/design.md for the numerics."""
+    """Calls `torch.ops.sqfx.qlinear_dynamic`; see docs/design.md for the numerics. `tiled`: the
+    weight's small-M tiled layout (PackedLinear.tiled()), used by the op for M <= 16."""
     return torch.ops.sqfx.qlinear_dynamic(
-        input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu
+        input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu, *(tiled or ())
     )
 
 
@@ -135,8 +141,14 @@ def active_isa() -> str:
     return torch.ops.sqfx._active_kernel_isa()
 
 
+def kernel_names() -> list[str]:
+    """Every kernel of the op's kernel table (csrc/kernels/dispatch.cpp), in search order."""
+    return list(torch.ops.sqfx._kernel_names())
+
+
 class force_isa:
     """Context manager forcing one kernel ISA path for the whole process (tests, benchmarks).
+    It limits the kernel table to that ISA's rows and below, for both ops.
 
     >>> with sqfx.ops.force_isa("generic"):
     ...     y = packed(x)

@@ -170,11 +170,25 @@ def test_layout_auto_and_kernel_names():
     assert pack(w, mask_sparse, block=(1, 4), layout="auto").layout == "sparse"
     assert DENSE_BELOW_SPARSITY["1x4"] < 0.97
     best = ISAS[-1]
-    assert pack(w, mask_sparse, block=(1, 4)).kernel == ("bsr_generic" if best == "generic" else f"bsr_1x4_{best}")
-    assert pack(w, block=(1, 4), layout="dense").kernel == ("bsr_generic" if best == "generic" else f"dense_{best}")
-    assert pack(w, block=(4, 4)).kernel == "bsr_generic"
+    sparse = pack(w, mask_sparse, block=(1, 4))
+    dense = pack(w, block=(1, 4), layout="dense")
+    if best == "generic":
+        assert sparse.kernel == dense.kernel == "qd8_bsr__scalar"
+    else:
+        assert sparse.kernel_for(1) == f"qd8_bsr1x4_tiled16x32__{best}"  # PackedLinear passes tiled()
+        assert pack(w, block=(1, 8)).kernel_for(1) == f"qd8_bsr1x4c_rows__{best}"
+        assert sparse.kernel_for(16).startswith("qd8_bsr1x4c_panel") and sparse.kernel_for(16).endswith(best)
+        assert sparse.kernel_for(64).startswith("qd8_bsr1x4_gemm") and sparse.kernel_for(64).endswith(best)
+        assert pack(w, block=(1, 8)).kernel_for(64).startswith("qd8_bsr1x4c_panel")  # the GEMM is 1x4 only
+        with sqfx.ops.force_isa(best):  # forced: our own dense kernel, never oneDNN
+            assert dense.kernel_for(64).startswith("qd8_dense_panel") and dense.kernel_for(64).endswith(best)
+        assert dense.kernel_for(8).startswith("qd8_dense_panel")
+        assert pack(w, block=(8, 1)).kernel == "qd8_bsr8x1_rows8__avx2"  # on VNNI CPUs too
+        assert sparse.kernel.startswith(f"qd8_bsr1x4_tiled16x32__{best} (M 1-")
+    assert pack(w, block=(4, 4)).kernel == "qd8_bsr__scalar"
     with sqfx.ops.force_isa("generic"):
-        assert pack(w, block=(8, 1)).kernel == "bsr_generic"
+        assert pack(w, block=(8, 1)).kernel == "qd8_bsr__scalar"
+        assert sparse.kernels("qlinear_weight_only") == [(1, None, "f32_qc8w_bsr__scalar")]
     with pytest.raises(ValueError, match="layout"):
         pack(w, layout="diagonal")
 
@@ -219,13 +233,13 @@ def test_fast_kernels_reject_out_of_range_column(isa, block, m):
 
 def test_int32_limit_falls_back_to_int64_kernel():
     """Above MAX_INT32_IN_FEATURES the dispatcher must use the exact int64 generic kernel."""
-    assert pack(torch.ones(2, MAX_INT32_IN_FEATURES + 4)).kernel == "bsr_generic"
+    assert pack(torch.ones(2, MAX_INT32_IN_FEATURES + 4)).kernel == "qd8_bsr__scalar"
     k = 2 * MAX_INT32_IN_FEATURES + 8  # valid params whose accumulators pass int32
     n = 2
     w = torch.full((n, k), 1.0)
     w[1] = -1.0
     p = pack(w, block=(1, 4))
-    assert p.kernel == "bsr_generic"
+    assert p.kernel == "qd8_bsr__scalar"
     x = torch.full((1, k), 7.0)  # q = 255 everywhere: |acc| = 255 * 127 * k > 2**31
     acc, _ = reference.accumulators(x, *p.tensors()[:3], p.w_sum, n, k)
     assert int(acc.abs().max()) > 2**31 - 1
@@ -247,3 +261,45 @@ def test_tampered_w_sum_in_the_accepted_bound_is_exact_on_every_kernel_path(bloc
     for isa in sqfx.ops.available_isas():
         with sqfx.ops.force_isa(isa):
             assert torch.equal(torch.ops.sqfx.qlinear_dynamic(x, *p.tensors(), k, False), expected), isa
+
+
+def test_kernel_table_reaches_every_kernel_and_isa():
+    """Every table row is reachable: the name the table reports is the kernel that runs (a forced
+    ISA only ever picks rows of that ISA or below), and every row of this CPU's ISAs is chosen
+    for some probe weight / M under some forced ISA."""
+    names = sqfx.ops.kernel_names()
+    assert len(names) == len(set(names))
+    assert names[-2:] == ["qd8_bsr__scalar", "f32_qc8w_bsr__scalar"]
+    w = torch.randn(40, 96)
+    probes = [pack(w, block=(1, 4)), pack(w, block=(1, 4), layout="dense"), pack(w, block=(8, 1)),
+              pack(w, block=(4, 4))]
+    isa_rank = {isa: i for i, isa in enumerate(["generic", "avx2", "avx512vnni"])}
+    seen = set()
+    for isa in ISAS:
+        with sqfx.ops.force_isa(isa):
+            for p in probes:
+                for op in ("qlinear_dynamic", "qlinear_weight_only"):
+                    for m in (0, 1, 3, 4, 16, 17, 1000):
+                        name = p.kernel_for(m, op)
+                        assert name in names
+                        suffix = name.rsplit("__", 1)[1]
+                        assert isa_rank.get(suffix, 0) <= isa_rank[isa], (isa, name)
+                        seen.add(name)
+    # Unforced, the dense layout at large M runs oneDNN where its probe found it exact (VNNI).
+    onednn = probes[1].kernel_for(1000)
+    assert onednn in names and (onednn == "qd8_dense_onednn__avx512vnni" or onednn.startswith("qd8_dense_panel"))
+    seen.add(onednn)
+    reachable = {n for n in names if n.rsplit("__", 1)[1] in {"scalar", *ISAS}}
+    if onednn != "qd8_dense_onednn__avx512vnni":  # this CPU's oneDNN s8 GEMM is not exact
+        reachable.discard("qd8_dense_onednn__avx512vnni")
+    assert reachable <= seen, reachable - seen
+
+
+def test_kernel_for_rejects_bad_arguments():
+    p = pack(torch.randn(8, 16), block=(1, 4))
+    with pytest.raises(RuntimeError, match="op must be"):
+        torch.ops.sqfx._kernel_for("qlinear_nope", p.values, p.row_ptr, p.col_idx, p.w_scale, 16, 1)
+    with pytest.raises(RuntimeError, match="M must be"):
+        p.kernel_for(-1)
+    with pytest.raises(RuntimeError, match="row_ptr"):
+        torch.ops.sqfx._kernel_for("qlinear_dynamic", p.values, p.row_ptr[:-1], p.col_idx, p.w_scale, 16, 1)

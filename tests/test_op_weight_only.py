@@ -32,15 +32,13 @@ def assert_close_to_reference(packed, x, relu):
 
 
 @pytest.fixture(params=["auto", "generic"])
-def kernel(request, monkeypatch):
-    if request.param == "generic":
-        monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
-    else:
-        monkeypatch.delenv("SQFX_WEIGHT_ONLY_KERNEL", raising=False)
-    return request.param
+def kernel(request):
+    # force_isa reaches the weight-only kernels through the op's kernel table.
+    with sqfx.ops.force_isa(request.param):
+        yield request.param
 
 
-# The kernel fixture only sets an environment variable, the same for every generated input.
+# The kernel fixture only forces an ISA, the same for every generated input.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 40), k=st.integers(1, 70), m=st.integers(0, 9),
@@ -58,8 +56,8 @@ def test_kernels_agree_and_fit_fp32_linear(monkeypatch):
     packed, weight, mask = random_packed(96, 200, (1, 4), 0.7, seed=1)
     x = torch.randn(2, 5, 200)
     auto = call_wo(packed, x)
-    monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
-    generic = call_wo(packed, x)
+    with sqfx.ops.force_isa("generic"):
+        generic = call_wo(packed, x)
     torch.testing.assert_close(auto, generic, rtol=1e-5, atol=1e-5)
     # Close to the fp32 linear on the same dequantized weight (int8 weight error only).
     want = torch.nn.functional.linear(x, packed.unpack(), packed.bias)

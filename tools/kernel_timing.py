@@ -1,6 +1,7 @@
 """Quick kernel timing (not the benchmark suite): median of many calls, same-run ratios.
 
 usage: python tools/kernel_timing.py [--threads 1 2] [--isa auto] [--quick]
+       python tools/kernel_timing.py --small-m [--isa avx512vnni avx2] [--reps 40]
 """
 import argparse
 import statistics
@@ -74,6 +75,80 @@ def crossover(args):
                 print(f"block {block[0]}x{block[1]} M={M:4d} dense {td:8.1f} us | " + " ".join(cells))
 
 
+SMALL_M_SHAPES = [(4096, 4096), (768, 3072), (3072, 768), (384, 1536)]  # out x in
+
+
+def small_m(args):
+    """The small-M table (issue 10 item 2): sqfx with the tiled layout (what PackedLinear and the
+    converted graphs run), sqfx's v1 kernels (the op called without the tiled layout), fbgemm
+    dynamic int8 (dense, per channel), ONNX Runtime int8 (if installed), fp32 F.linear; 1 thread,
+    median thread CPU time (robust to the other jobs of a shared machine), same run."""
+    import tempfile
+
+    from bench import peers
+
+    torch.set_num_threads(1)
+    torch.backends.quantized.engine = "fbgemm"
+    have_ort = peers.ort_available()
+    workdir = tempfile.mkdtemp()
+    isas = [i for i in args.isas if i in sqfx.ops.available_isas()]
+    cols = ["tiled", "v1", "fbgemm"] + (["ort"] if have_ort else []) + ["fp32"]
+    print(f"isas={isas}; 1 thread; thread-CPU-time medians in us; ratios = peer / sqfx tiled")
+    print(f"{'shape':>10} {'sp':>4} {'M':>3} {'isa':>10} | " + " ".join(f"{c:>8}" for c in cols)
+          + " | " + " ".join(f"{c + '/t':>8}" for c in cols[1:]) + " | slots/blk")
+    with torch.inference_mode():
+        for (N, K) in SMALL_M_SHAPES:
+            for sp in (0.8, 0.9):
+                w, p = layer(N, K, sp)
+                mask = p.block_mask().repeat_interleave(4, 1)[:, :K]
+                wm = w * mask
+                fb = peers.build_int8_fbgemm(wm, p.bias)
+                ort = peers.OrtModel(wm, p.bias, workdir, f"{N}x{K}_{sp}").layer(1) if have_ort else None
+                tiled = p.tiled()
+                pad = tiled[1].numel() * 16 / p.nnz_blocks
+                v1_args = (*p.tensors(), K, False)
+                for M in args.ms:
+                    x = torch.randn(M, K)
+                    peer_t = {"fbgemm": cpu_median(fb.bound(x), args.reps)}
+                    if ort is not None:
+                        peer_t["ort"] = cpu_median(ort.bound(x), args.reps)
+                    peer_t["fp32"] = cpu_median(lambda: F.linear(x, wm, p.bias), args.reps)
+                    for isa in isas:
+                        with sqfx.ops.force_isa(isa):
+                            t = {"tiled": cpu_median(lambda: p(x), args.reps),
+                                 "v1": cpu_median(lambda: torch.ops.sqfx.qlinear_dynamic(x, *v1_args), args.reps)}
+                        t.update(peer_t)
+                        print(f"{N:>4}x{K:<5} {sp:4.1f} {M:3d} {isa:>10} | "
+                              + " ".join(f"{t[c]:8.1f}" for c in cols) + " | "
+                              + " ".join(f"{t[c] / t['tiled']:8.2f}" for c in cols[1:]) + f" | {pad:.2f}",
+                              flush=True)
+
+
+def dram(args):
+    """Batch 1 with the weights streamed from DRAM: 16 different 4096x4096 layers at 90% called
+    in turn (their tiled layouts, ~50 MB, do not fit the L3), against the read bandwidth of a
+    256 MB sum on the same threads. Bytes counted: everything the call reads for the weight."""
+    layers = []
+    for i in range(16):
+        _, p = layer(4096, 4096, 0.9, seed=100 + i)
+        layers.append((p, p.tiled()))
+    x = torch.randn(1, 4096)
+    big = torch.ones(64 * 2**20, dtype=torch.float32)
+    for t in args.threads:
+        torch.set_num_threads(t)
+        bw = 256 * 2**20 / median_time(lambda: big.sum(), 10)
+        for isa in [i for i in args.isas if i in sqfx.ops.available_isas()]:
+            with sqfx.ops.force_isa(isa), torch.inference_mode():
+                def sweep():
+                    for p, tl in layers:
+                        torch.ops.sqfx.qlinear_dynamic(x, *p.tensors(), 4096, False, *tl)
+                per_layer = median_time(sweep, 20) / len(layers)
+            p, tl = layers[0]
+            nbytes = sum(z.numel() * z.element_size() for z in tl) + 4096 * 4 * 3
+            print(f"threads={t} isa={isa}: {per_layer*1e6:.1f} us per layer, {nbytes/1e6:.2f} MB -> "
+                  f"{nbytes/per_layer/1e9:.1f} GB/s = {nbytes/per_layer/bw:.0%} of the {bw/1e9:.1f} GB/s read bandwidth")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -81,9 +156,18 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--crossover", action="store_true",
                     help="sparse vs dense layout per block family (calibrates DENSE_BELOW_SPARSITY)")
+    ap.add_argument("--small-m", action="store_true", help="M 1..16 table against the old kernel and peers")
+    ap.add_argument("--isas", nargs="+", default=["avx512vnni", "avx2"])
+    ap.add_argument("--dram", action="store_true", help="batch 1 from DRAM against the read bandwidth")
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="M values of --small-m")
     args = ap.parse_args()
     if args.crossover:
         return crossover(args)
+    if args.small_m:
+        return small_m(args)
+    if args.dram:
+        return dram(args)
     torch.ops.sqfx._set_kernel_isa(args.isa)
     torch.backends.quantized.engine = "fbgemm"
     reps = 50 if args.quick else 200

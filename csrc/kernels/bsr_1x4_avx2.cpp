@@ -19,8 +19,7 @@
 #include <cstring>
 #include <vector>
 
-#include "epilogue_x86.h"
-#include "kernels.h"
+#include "bsr_1x4_x86.h"
 
 namespace sqfx {
 namespace {
@@ -42,111 +41,26 @@ inline int32_t dot4_scalar(const uint8_t* a, const int8_t* w) {
          int32_t(a[3]) * w[3];
 }
 
-// Accumulators of MT input rows for one output row n.
-
-// Block columns of a piece all in [0, ncb)? (vectorized; a piece holding a bad
-// one is not read by the buffered kernel and reported, the op then raises.)
-template <typename Index>
-SQFX_AVX2 inline bool piece_in_range(const Index* col_idx, int64_t len, uint32_t ncb) {
-  int64_t j = 0;
-  bool ok = true;
-  if constexpr (sizeof(Index) == 2) {
-    // negative int16 read as unsigned is >= 32768; int16 columns are < 32768
-    const uint32_t limit = ncb < 32768u ? ncb : 32768u;
-    const __m256i top = _mm256_set1_epi16(static_cast<short>(limit - 1));
-    __m256i hi = _mm256_setzero_si256();
-    for (; j + 16 <= len; j += 16)
-      hi = _mm256_max_epu16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_idx + j)));
-    ok = _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(hi, top), top)) == -1;
-    for (; j < len; ++j) ok &= static_cast<uint16_t>(col_idx[j]) < limit;
-  } else {
-    const __m256i top = _mm256_set1_epi32(static_cast<int32_t>(ncb - 1));
-    __m256i hi = _mm256_setzero_si256();
-    for (; j + 8 <= len; j += 8)
-      hi = _mm256_max_epu32(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_idx + j)));
-    ok = _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(hi, top), top)) == -1;
-    for (; j < len; ++j) ok &= static_cast<uint32_t>(col_idx[j]) < ncb;
-  }
-  return ok;
-}
-
-// The activation dword of every block of a piece (columns already checked),
-// copied with scalar loads into a contiguous buffer: with 2-3 input rows this
-// beats one vpgatherdd per row (this AMD EPYC).
+// Sparse 1x4, few input rows: the flat pass (bsr_1x4_x86.h), 8 blocks per step
+// whatever row they belong to. 1 row: indices range-checked and clamped, the
+// activation dwords gathered (vpgatherdd; the buffered variant measured 15%
+// slower); 2-3 rows: one scalar pre-gather shared by the rows (M=3: 1250 ->
+// 820 us for 4096x4096 at 90%).
 template <typename Index, int MT>
-__attribute__((optimize("no-tree-vectorize"))) inline void gather_piece(
-    const uint8_t* const* q_in, const Index* __restrict col_idx, int64_t len,
-    int32_t* const* dst_in) {
-  const uint8_t* q0 = q_in[0];
-  const uint8_t* q1 = MT > 1 ? q_in[1] : q0;
-  const uint8_t* q2 = MT > 2 ? q_in[2] : q0;
-  int32_t* __restrict d0 = dst_in[0];
-  int32_t* __restrict d1 = MT > 1 ? dst_in[1] : d0;
-  int32_t* __restrict d2 = MT > 2 ? dst_in[2] : d0;
-  auto one = [&](int64_t j, uint32_t c) {
-    const size_t off = 4 * static_cast<size_t>(c);
-    std::memcpy(d0 + j, q0 + off, 4);
-    if constexpr (MT > 1) std::memcpy(d1 + j, q1 + off, 4);
-    if constexpr (MT > 2) std::memcpy(d2 + j, q2 + off, 4);
-  };
-  int64_t j = 0;
-  if constexpr (sizeof(Index) == 2) {
-    for (; j + 4 <= len; j += 4) {
-      uint64_t c4;
-      std::memcpy(&c4, col_idx + j, 8);
-      one(j, static_cast<uint32_t>(c4 & 0xFFFF));
-      one(j + 1, static_cast<uint32_t>((c4 >> 16) & 0xFFFF));
-      one(j + 2, static_cast<uint32_t>((c4 >> 32) & 0xFFFF));
-      one(j + 3, static_cast<uint32_t>(c4 >> 48));
-    }
-    for (; j < len; ++j) one(j, static_cast<uint16_t>(col_idx[j]));
-  } else {
-    for (; j < len; ++j) one(j, static_cast<uint32_t>(col_idx[j]));
-  }
-}
-
-// Sparse 1x4, few input rows: a flat pass over all blocks of a group of rows,
-// 8 blocks per step whatever row they belong to (no per-row loop whose
-// variable trip count would mispredict and serialize the gathers), writing the
-// running (prefix) sum of the block dot products; a row's accumulator is then
-// the difference of two prefix sums.
-template <typename Index, int MT, bool kBuffered>
-SQFX_AVX2 bool rows_flat(const QuantizedRows& a, const BsrWeight& w, const Index* col_idx,
-                      float* out, bool relu, int64_t rb_begin, int64_t rb_end, int64_t m0) {
-  constexpr int64_t kPiece = 4096;  // blocks per pass: prefix sums stay in L1
-  thread_local std::vector<int32_t> buffer;
+SQFX_AVX2 bool rows_1x4(const QuantizedRows& a, const BsrWeight& w, const Index* col_idx,
+                        float* out, bool relu, int64_t rb_begin, int64_t rb_end, int64_t m0) {
+  constexpr bool kBuffered = MT > 1;
   const __m256i max_idx = _mm256_set1_epi32(static_cast<int32_t>(w.n_col_blocks - 1));
   __m256i bad = _mm256_setzero_si256();
   const uint8_t* q[MT];
   for (int m = 0; m < MT; ++m) q[m] = a.q + (m0 + m) * a.ld;
-  alignas(32) int32_t sums[MT][8];
-  int filled = 0;
-  int64_t n_first = rb_begin;
-  for (int64_t n = rb_begin; n < rb_end;) {
-    const int64_t jb = w.row_ptr[n];
-    int64_t n_end = n + 1;
-    while (n_end < rb_end && w.row_ptr[n_end + 1] - jb <= kPiece) ++n_end;
-    const int64_t je = w.row_ptr[n_end];
-    const int64_t stride = je - jb + 9;
-    if (static_cast<int64_t>(buffer.size()) < MT * stride) buffer.resize(MT * stride);
-    if (static_cast<int64_t>(buffer.size()) < 2 * MT * stride) buffer.resize(2 * MT * stride);
-    int32_t* prefix[MT];
-    int32_t* act[MT];
+  const bool ok = flat_pass<MT, 4096>(a, w, out, relu, rb_begin, rb_end, m0,
+                                      [&](int64_t jb, int64_t je, int32_t* const* prefix,
+                                          int32_t* const* act) SQFX_AVX2 {
+    bool piece_ok = true;
+    if constexpr (kBuffered) piece_ok = gather_checked<Index, MT>(a, w, col_idx, m0, jb, je, act);
     __m256i carry[MT];
-    for (int m = 0; m < MT; ++m) {
-      prefix[m] = buffer.data() + m * stride;
-      act[m] = buffer.data() + (MT + m) * stride;
-      prefix[m][0] = 0;
-      carry[m] = _mm256_setzero_si256();
-    }
-    if constexpr (kBuffered) {
-      if (piece_in_range(col_idx + jb, je - jb, static_cast<uint32_t>(w.n_col_blocks))) {
-        gather_piece<Index, MT>(q, col_idx + jb, je - jb, act);
-      } else {
-        bad = _mm256_set1_epi32(-1);
-        for (int m = 0; m < MT; ++m) std::memset(act[m], 0, (je - jb) * sizeof(int32_t));
-      }
-    }
+    for (int m = 0; m < MT; ++m) carry[m] = _mm256_setzero_si256();
     for (int64_t j = jb; j < je; j += 8) {
       const int64_t rem = je - j;
       __m256i idx = _mm256_setzero_si256(), wv;
@@ -175,44 +89,22 @@ SQFX_AVX2 bool rows_flat(const QuantizedRows& a, const BsrWeight& w, const Index
         __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(g, 1)), whi);
         // lanes: lo = pair sums of blocks 0-3, hi = blocks 4-7 -> one dot per block
         __m256i d = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8);
-        __m256i s = scan8(d, carry[m]);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix[m] + 1 + (j - jb)), s);
-        carry[m] = last_lane(s);
+        __m256i sc = scan8(d, carry[m]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix[m] + 1 + (j - jb)), sc);
+        carry[m] = last_lane(sc);
       }
     }
-    for (int64_t r = n; r < n_end; ++r) {
-      const int64_t s0 = w.row_ptr[r] - jb, s1 = w.row_ptr[r + 1] - jb;
-      for (int m = 0; m < MT; ++m)
-        sums[m][filled] = static_cast<int32_t>(static_cast<uint32_t>(prefix[m][s1]) -
-                                               static_cast<uint32_t>(prefix[m][s0]));
-      if (++filled == 8 || r + 1 == rb_end) {
-        for (int m = 0; m < MT; ++m) {
-          __m256i s = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[m]));
-          epilogue_n8(s, a.zp[m0 + m], a.scale[m0 + m], w, n_first, filled, relu,
-                      out + (m0 + m) * w.N);
-        }
-        filled = 0;
-        n_first = r + 1;
-      }
-    }
-    n = n_end;
-  }
-  return !any_bits(bad);
+    return piece_ok;
+  });
+  return ok && !any_bits(bad);
 }
 
+// Wider row blocks (1x8, 1x16, the dense 1 x K_pad layout), few input rows:
+// per block contiguous 32-byte steps.
 template <typename Index, int MT>
-SQFX_AVX2 bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
-                         const Index* col_idx, float* out, bool relu,
-                         int64_t rb_begin, int64_t rb_end, int64_t m0) {
+SQFX_AVX2 bool rows_wide(const QuantizedRows& a, const BsrWeight& w, const Index* col_idx,
+                         float* out, bool relu, int64_t rb_begin, int64_t rb_end, int64_t m0) {
   const int64_t cb = w.col_block;
-  if (cb == 4) {
-    // 1 input row: vpgatherdd (the buffered variant measured 15% slower);
-    // 2-3 rows: one scalar pre-gather shared by the rows (M=3: 1250 -> 820 us
-    // for 4096x4096 at 90%).
-    return rows_flat<Index, MT, (MT > 1)>(a, w, col_idx, out, relu, rb_begin, rb_end, m0);
-  }
-  const __m256i max_idx = _mm256_set1_epi32(static_cast<int32_t>(w.n_col_blocks - 1));
-  __m256i bad = _mm256_setzero_si256();
   bool ok = true;
   const uint8_t* q[MT];
   for (int m = 0; m < MT; ++m) q[m] = a.q + (m0 + m) * a.ld;
@@ -226,58 +118,21 @@ SQFX_AVX2 bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
       acc[m] = _mm256_setzero_si256();
       tail[m] = 0;
     }
-    int64_t j = w.row_ptr[n];
-    const int64_t end = w.row_ptr[n + 1];
-    if (cb == 4) {
-      for (; j + 8 <= end; j += 8) {
-        __m256i idx = load_idx8(col_idx + j, max_idx, &bad);
-        __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + j * 4));
-        __m256i wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
-        __m256i whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
+    for (int64_t j = w.row_ptr[n]; j < w.row_ptr[n + 1]; ++j) {
+      const int64_t col = static_cast<int64_t>(col_idx[j]);
+      if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
+      const int8_t* v = w.values + j * cb;
+      const int64_t off = col * cb;
+      int64_t t = 0;
+      for (; t + 32 <= cb; t += 32) {
+        __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + t));
         for (int m = 0; m < MT; ++m) {
-          __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q[m]), idx, 4);
-          __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(g)), wlo);
-          __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(g, 1)), whi);
-          acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(lo, hi));
+          __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[m] + off + t));
+          acc[m] = _mm256_add_epi32(acc[m], dot32(av, wv));
         }
       }
-      if (j < end) {
-        // Tail of 1..7 blocks: masked weight load (no fault, zeros) and the
-        // indices copied to a zeroed buffer, instead of a scalar loop whose
-        // variable trip count costs branch mispredictions.
-        const int64_t rem = end - j;
-        alignas(32) Index tail_idx[8] = {};
-        std::memcpy(tail_idx, col_idx + j, rem * sizeof(Index));
-        __m256i idx = load_idx8(tail_idx, max_idx, &bad);
-        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rem)),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        __m256i wv = _mm256_maskload_epi32(reinterpret_cast<const int*>(w.values + j * 4), live);
-        __m256i wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
-        __m256i whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
-        for (int m = 0; m < MT; ++m) {
-          __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q[m]), idx, 4);
-          __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(g)), wlo);
-          __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(g, 1)), whi);
-          acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(lo, hi));
-        }
-      }
-    } else {
-      for (; j < end; ++j) {
-        const int64_t col = static_cast<int64_t>(col_idx[j]);
-        if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
-        const int8_t* v = w.values + j * cb;
-        const int64_t off = col * cb;
-        int64_t t = 0;
-        for (; t + 32 <= cb; t += 32) {
-          __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + t));
-          for (int m = 0; m < MT; ++m) {
-            __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[m] + off + t));
-            acc[m] = _mm256_add_epi32(acc[m], dot32(av, wv));
-          }
-        }
-        for (; t < cb; t += 4) {
-          for (int m = 0; m < MT; ++m) tail[m] += dot4_scalar(q[m] + off + t, v + t);
-        }
+      for (; t < cb; t += 4) {
+        for (int m = 0; m < MT; ++m) tail[m] += dot4_scalar(q[m] + off + t, v + t);
       }
     }
     for (int m = 0; m < MT; ++m) sums[m][filled] = hsum8(acc[m]) + tail[m];
@@ -289,21 +144,6 @@ SQFX_AVX2 bool rows_tile(const QuantizedRows& a, const BsrWeight& w,
       }
       filled = 0;
       n_first = n + 1;
-    }
-  }
-  return ok && !any_bits(bad);
-}
-
-template <typename Index>
-bool rows_impl(const QuantizedRows& a, const BsrWeight& w, const Index* idx,
-               float* out, bool relu, int64_t rb_begin, int64_t rb_end) {
-  bool ok = true;
-  for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
-    switch (a.M - m0 >= 4 ? 4 : a.M - m0) {
-      case 4: ok &= rows_tile<Index, 4>(a, w, idx, out, relu, rb_begin, rb_end, m0); break;
-      case 3: ok &= rows_tile<Index, 3>(a, w, idx, out, relu, rb_begin, rb_end, m0); break;
-      case 2: ok &= rows_tile<Index, 2>(a, w, idx, out, relu, rb_begin, rb_end, m0); break;
-      default: ok &= rows_tile<Index, 1>(a, w, idx, out, relu, rb_begin, rb_end, m0); break;
     }
   }
   return ok;
@@ -347,52 +187,32 @@ SQFX_AVX2 bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
   return ok;
 }
 
-template <typename Index>
-bool panel_impl(const PanelRows& a, int64_t chunk, const BsrWeight& w,
-                const Index* idx, float* out, bool relu, int64_t rb_begin,
-                int64_t rb_end) {
-  const int64_t m0 = chunk * a.mc;
-  const int64_t rows = a.M - m0 < a.mc ? a.M - m0 : a.mc;
-  const int64_t units = (rows + 7) / 8;
-  const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
-  bool ok = true;
-  thread_local std::vector<float> tile_buffer;
-  if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
-  float* tile = tile_buffer.data();
-  int64_t n_tile = rb_begin;
-  for (int64_t n = rb_begin; n < rb_end; ++n) {
-    if (n - n_tile == kTileN) {
-      flush_tile(tile, rows, n_tile, kTileN, w.N, out + m0 * w.N);
-      n_tile = n;
-    }
-    for (int64_t u = 0; u < units; u += 4) {
-      const int64_t ms = u * 8;
-      switch (units - u >= 4 ? 4 : units - u) {
-        case 4: ok &= panel_tile<Index, 4>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
-        case 3: ok &= panel_tile<Index, 3>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
-        case 2: ok &= panel_tile<Index, 2>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
-        default: ok &= panel_tile<Index, 1>(a, panel, m0, rows, w, idx, tile, n_tile, relu, n, ms); break;
-      }
-    }
-  }
-  if (rb_end > rb_begin) flush_tile(tile, rows, n_tile, rb_end - n_tile, w.N, out + m0 * w.N);
-  return ok;
-}
-
 }  // namespace
 
 bool bsr_1x4_rows_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                        bool relu, int64_t rb_begin, int64_t rb_end) {
-  if (w.col_idx_16)
-    return rows_impl(a, w, static_cast<const int16_t*>(w.col_idx), out, relu, rb_begin, rb_end);
-  return rows_impl(a, w, static_cast<const int32_t*>(w.col_idx), out, relu, rb_begin, rb_end);
+  return with_index(w, [&](auto idx) {
+    using Index = std::remove_const_t<std::remove_pointer_t<decltype(idx)>>;
+    return for_row_tiles<3>(a.M, [&](auto mt, int64_t m0) {
+      constexpr int MT = decltype(mt)::value;
+      if (w.col_block == 4) return rows_1x4<Index, MT>(a, w, idx, out, relu, rb_begin, rb_end, m0);
+      return rows_wide<Index, MT>(a, w, idx, out, relu, rb_begin, rb_end, m0);
+    });
+  });
 }
 
 bool bsr_1x4_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                         float* out, bool relu, int64_t rb_begin, int64_t rb_end) {
-  if (w.col_idx_16)
-    return panel_impl(a, chunk, w, static_cast<const int16_t*>(w.col_idx), out, relu, rb_begin, rb_end);
-  return panel_impl(a, chunk, w, static_cast<const int32_t*>(w.col_idx), out, relu, rb_begin, rb_end);
+  const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
+  return with_index(w, [&](auto idx) {
+    using Index = std::remove_const_t<std::remove_pointer_t<decltype(idx)>>;
+    return panel_loop<8, 4>(a, chunk, w, out, rb_begin, rb_end,
+                            [&](auto units, int64_t m0, int64_t rows, int64_t ms, int64_t n,
+                                int64_t n_tile, float* tile) {
+      return panel_tile<Index, decltype(units)::value>(a, panel, m0, rows, w, idx, tile, n_tile,
+                                                       relu, n, ms);
+    });
+  });
 }
 
 }  // namespace sqfx

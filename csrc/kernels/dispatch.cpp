@@ -1,20 +1,26 @@
-// Picks and runs the kernel for one sqfx::qlinear_dynamic call.
+// The kernel table of both ops, and the driver of one sqfx::qlinear_dynamic call.
 //
-// Dispatch rules (docs/design.md, "Kernels and layout"):
-//  * ISA: the best the CPU has (avx512vnni > avx2 > generic), checked once with
-//    __builtin_cpu_supports, unless a test forced one (force_isa).
-//  * padded in_features > kMaxInt32InFeatures, or ISA generic: portable int64
-//    kernel (bsr_generic.cpp).
+// kTable (below) maps {op, ISA, block rule, layout, M range, K range} to a
+// named kernel; select_kernel() returns its first matching row. Both ops ask it
+// (qlinear_dynamic here, qlinear_weight_only in csrc/qlinear_weight_only.cpp),
+// Python asks it through sqfx::_kernel_for (PackedLinear.kernel), and
+// force_isa() limits it to the rows of one ISA and below, so forcing reaches
+// every kernel. How to add a kernel: kernels.h, "The kernel table".
+//
+// Rules encoded by the rows (docs/design.md, "Kernels and layout"):
+//  * ISA: the best the CPU has (avx512vnni > avx2 > generic), checked once,
+//    unless a test forced one (force_isa).
+//  * padded in_features > kMaxInt32InFeatures: only rows with int64 (or fp32)
+//    accumulators, i.e. the portable kernel.
 //  * 1 x cb blocks, cb % 4 == 0 (1x4 sparse, and the dense layout 1 x K_pad):
-//    M < kPanelMinRows: "rows" kernel on row-major activations (gathers);
-//    else activations are quantized straight into a panel (PanelRows) and the
-//    "panel" kernel register-tiles over input rows.
-//    1x4 blocks (cb == 4) at M >= kGemmMinRows run the token-batch GEMM
-//    (gemm_1x4_*: chunks of 64 rows, K and N cache blocking) instead.
-//    The dense layout (one 1 x K_pad block per row) at M >= kPanelMinRows runs
-//    the dense kernels, which register-tile over output rows as well.
-//    Not forced (force_isa "auto") and M >= kOnednnMinRows, the dense layout
-//    runs oneDNN's int8 GEMM (aten::_int_mm) where it is exact (VNNI CPUs).
+//    M < kPanelMinRows: "rows" kernel on row-major activations; else
+//    activations are quantized straight into a panel (PanelRows) and the
+//    "panel" kernel register-tiles over input rows; the dense layout's panel
+//    kernels register-tile over output rows as well. 1x4 blocks at M >=
+//    kGemmMinRows run the token-batch GEMM (gemm_1x4_*: chunks of 64 rows, K
+//    and N cache blocking). Not forced (force_isa "auto") and M >=
+//    kOnednnMinRows, the dense layout runs oneDNN's int8 GEMM (aten::_int_mm)
+//    where it is exact (VNNI CPUs, probed once).
 //  * rb x 1 blocks, rb % 8 == 0: the AVX2 8x1 kernel (on VNNI CPUs too).
 //  * anything else: the portable kernel (activations still quantized by AVX2).
 // Threads: over output row blocks (and chunks of input rows for the panel
@@ -39,6 +45,12 @@ namespace sqfx {
 namespace {
 
 constexpr int64_t kPanelMinRows = 4;
+// The small-M tiled kernels run up to these M (when the call carries the layout);
+// above them the panel kernels' cost per extra input row is lower (measured
+// crossovers, 4096x4096 and BERT shapes at 80-90%, tools/kernel_timing.py --small-m:
+// at M = 12 the VNNI tiled kernel is 0.91-1.32x the panel one, at M = 8 1.05-1.81x).
+constexpr int64_t kTiledMaxRowsVnni = 8;
+constexpr int64_t kTiledMaxRowsAvx2 = 3;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 constexpr int64_t kMinParallelWork = 1 << 17;
 // Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
@@ -67,10 +79,12 @@ struct Caps {
 const Caps& caps() {
   static const Caps c = [] {
     Caps r;
+#if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     r.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     r.vnni = r.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
     return r;
   }();
   return c;
@@ -82,12 +96,61 @@ Isa best_isa() {
   return caps().vnni ? Isa::kAvx512Vnni : caps().avx2 ? Isa::kAvx2 : Isa::kGeneric;
 }
 
+// The oneDNN row: only when no ISA is forced (force_isa selects our own kernels
+// of that ISA) and where oneDNN's s8 GEMM is exact.
+#if defined(__x86_64__) || defined(_M_X64)
+bool onednn_unforced();
+bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+#endif
+
+constexpr int64_t kNoLimit = INT64_MAX;
+constexpr Op D = Op::kDynamic, W = Op::kWeightOnly;
+
+// Searched top to bottom; the first row that matches runs. Keep the fastest
+// kernel of a case above the more general rows; the generic rows last.
+const KernelEntry kTable[] = {
+#if defined(__x86_64__) || defined(_M_X64)
+    // name                                op ISA              block               layout            M range                  int32  rows / panel / fp
+    {"qd8_bsr1x4_tiled16x32__avx512vnni",  D, Isa::kAvx512Vnni, BlockRule::k1x4,  Layout::kTiled,  1, kTiledMaxRowsVnni,       true, bsr_1x4_tiled_avx512vnni, nullptr, nullptr},
+    {"qd8_bsr1x4c_rows__avx512vnni",       D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    1, kPanelMinRows - 1,       true, bsr_1x4_rows_avx512vnni, nullptr, nullptr},
+    {"qd8_dense_onednn__avx512vnni",       D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kDense,  kOnednnMinRows, kNoLimit,   true, nullptr, nullptr, nullptr, 0, onednn_unforced, run_dense_onednn},
+    {"qd8_dense_panel4x64__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kDense,  kPanelMinRows, kNoLimit,    true, nullptr, dense_panel_avx512vnni, nullptr},
+    {"qd8_bsr1x4_gemm64x1__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4,  Layout::kSparse, kGemmMinRows, kNoLimit,     true, nullptr, gemm_1x4_64x1_avx512vnni, nullptr, kGemmChunkRows, gemm_1x4_enabled},
+    {"qd8_bsr1x4c_panel16__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx512vnni, nullptr},
+    {"qd8_bsr1x4_tiled16x32__avx2",        D, Isa::kAvx2,       BlockRule::k1x4,  Layout::kTiled,  1, kTiledMaxRowsAvx2,       true, bsr_1x4_tiled_avx2, nullptr, nullptr},
+    {"qd8_bsr1x4c_rows__avx2",             D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kAny,    1, kPanelMinRows - 1,       true, bsr_1x4_rows_avx2, nullptr, nullptr},
+    {"qd8_dense_panel2x16__avx2",          D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kDense,  kPanelMinRows, kNoLimit,    true, nullptr, dense_panel_avx2, nullptr},
+    {"qd8_bsr1x4_gemm32x1__avx2",          D, Isa::kAvx2,       BlockRule::k1x4,  Layout::kSparse, kGemmMinRows, kNoLimit,     true, nullptr, gemm_1x4_32x1_avx2, nullptr, kGemmChunkRows, gemm_1x4_enabled},
+    {"qd8_bsr1x4c_panel8__avx2",           D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx2, nullptr},
+    {"qd8_bsr8x1_rows8__avx2",             D, Isa::kAvx2,       BlockRule::k8x1,  Layout::kAny,    1, kNoLimit,                true, bsr_8x1_avx2, nullptr, nullptr},
+    {"f32_qc8w_bsr__avx2",                 W, Isa::kAvx2,       BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, nullptr, nullptr, wo_avx2},
+#endif
+    {"qd8_bsr__scalar",                    D, Isa::kGeneric,    BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, bsr_generic, nullptr, nullptr},
+    {"f32_qc8w_bsr__scalar",               W, Isa::kGeneric,    BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, nullptr, nullptr, wo_generic},
+};
+
+bool block_matches(BlockRule rule, const BsrWeight& w) {
+  switch (rule) {
+    case BlockRule::k1x4: return w.row_block == 1 && w.col_block == 4;
+    case BlockRule::k1x4c: return w.row_block == 1 && w.col_block % 4 == 0;
+    case BlockRule::k8x1: return w.col_block == 1 && w.row_block % 8 == 0;
+    case BlockRule::kAny: return true;
+  }
+  return false;
+}
+
+// pack(layout="dense"): one 1 x K_padded block per row. The dense kernels
+// ignore row_ptr / col_idx, so the row pointers must be exactly the identity
+// (O(rows) check; the kernels check that each col_idx is 0).
+bool is_dense_layout(const BsrWeight& w) {
+  if (w.row_block != 1 || w.n_col_blocks != 1 || w.nnz != w.N) return false;
+  for (int64_t i = 0; i <= w.N; ++i)
+    if (w.row_ptr[i] != i) return false;
+  return true;
+}
+
 std::atomic<int> g_forced{-1};
 
-Isa current_isa() {
-  const int f = g_forced.load(std::memory_order_relaxed);
-  return f >= 0 ? static_cast<Isa>(f) : best_isa();
-}
 
 struct Scratch {
   std::vector<uint8_t> q;
@@ -128,26 +191,78 @@ void run_range(int64_t n, int64_t work_per_item, const F& f) {
   torch::stable::parallel_for(0, n, grain, f);
 }
 
-using RowsKernel = bool (*)(const QuantizedRows&, const BsrWeight&, float*, bool, int64_t, int64_t);
-using PanelKernel = bool (*)(const PanelRows&, int64_t, const BsrWeight&, float*, bool, int64_t,
-                             int64_t);
+// Activation quantizers: the vectorized ones wherever a fast ISA runs (also in
+// front of the portable kernel), bit-identical to the portable one.
+void quantize(Isa isa, const float* x, int64_t K, int64_t b, int64_t e, const QuantizedRows& a) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa != Isa::kGeneric) return quantize_rows_avx2(x, K, b, e, a);
+#endif
+  (void)isa;
+  quantize_rows(x, K, b, e, a);
+}
+
+void quantize_panel(const float* x, int64_t K, int64_t b, int64_t e, const PanelRows& a) {
+#if defined(__x86_64__) || defined(_M_X64)
+  quantize_panel_avx2(x, K, b, e, a);  // panel kernels exist on x86 only so far
+#else
+  STD_TORCH_CHECK(false, "sqfx: no panel quantizer for this architecture");
+#endif
+}
 
 void raise_bad_col(const BsrWeight& w) {
   SQFX_CHECK(false, "sqfx.qlinear_dynamic: col_idx holds a block column index outside [0, ",
                   w.n_col_blocks, ")");
 }
 
-// pack(layout="dense"): one 1 x K_padded block per row. The dense kernels
-// ignore row_ptr / col_idx, so the row pointers must be exactly the identity
-// (O(rows) check; the kernels check that each col_idx is 0).
-bool is_dense_layout(const BsrWeight& w) {
-  if (w.row_block != 1 || w.n_col_blocks != 1 || w.nnz != w.N) return false;
-  for (int64_t i = 0; i <= w.N; ++i)
-    if (w.row_ptr[i] != i) return false;
-  return true;
+#if defined(__x86_64__) || defined(_M_X64)
+bool onednn_unforced() {
+  return g_forced.load(std::memory_order_relaxed) < 0 && dense_onednn_usable();
 }
 
+// Dense layout through oneDNN: activations quantized as int8 (q - 128), one
+// aten::_int_mm, then the zero-point / scale / bias / ReLU epilogue in place.
+bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
+  const int64_t K = w.K, ld = w.n_col_blocks * w.col_block;
+  QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
+  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
+  if (!dense_onednn_gemm(a, w, out)) return false;
+  run_range(M, 4 * w.N, [&](int64_t b, int64_t e) { dense_onednn_epilogue_rows(a, w, relu, out, b, e); });
+  return true;
+}
+#endif
+
 }  // namespace
+
+Isa current_isa() {
+  const int f = g_forced.load(std::memory_order_relaxed);
+  return f >= 0 ? static_cast<Isa>(f) : best_isa();
+}
+
+const KernelEntry* kernel_table(int* count) {
+  *count = static_cast<int>(sizeof(kTable) / sizeof(kTable[0]));
+  return kTable;
+}
+
+const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) {
+  const bool int32_ok = w.n_col_blocks * w.col_block <= kMaxInt32InFeatures;
+  const bool dense = is_dense_layout(w);
+  const int64_t m = std::max<int64_t>(M, 1);  // M = 0 reports the M = 1 kernel (nothing runs)
+  const KernelEntry* last = nullptr;
+  for (const KernelEntry& e : kTable) {
+    if (e.op != op) continue;
+    last = &e;
+    if (static_cast<int>(e.isa) > static_cast<int>(isa)) continue;
+    if (e.int32_acc && !int32_ok) continue;
+    if (!block_matches(e.block, w)) continue;
+    if (e.layout == Layout::kDense && !dense) continue;
+    if (e.layout == Layout::kSparse && dense) continue;
+    if (e.layout == Layout::kTiled && w.tiled == nullptr) continue;
+    if (m < e.m_min || m > e.m_max) continue;
+    if (e.usable != nullptr && !e.usable()) continue;
+    return e;
+  }
+  return *last;  // unreachable: each op's last row (generic) matches everything
+}
 
 const char* const* available_isas(int* count) {
   *count = static_cast<int>(best_isa()) + 1;
@@ -177,47 +292,35 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
   const ReleaseLargeScratch release;
   const int64_t K = w.K, cb = w.col_block, rb = w.row_block;
   const int64_t ld = w.n_col_blocks * cb;
-  const Isa isa = ld <= kMaxInt32InFeatures ? current_isa() : Isa::kGeneric;
-  const bool vnni = isa == Isa::kAvx512Vnni;
+  const Isa isa = current_isa();
+  const KernelEntry& kernel = select_kernel(Op::kDynamic, isa, w, M);
   const int64_t macs_per_rb =
       std::max<int64_t>(1, (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) * rb * cb);
   std::atomic<bool> ok{true};
 
-  if (isa != Isa::kGeneric && g_forced.load(std::memory_order_relaxed) < 0 &&
-      M >= kOnednnMinRows && is_dense_layout(w) && dense_onednn_usable()) {
-    QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
-    run_range(M, 4 * K, [&](int64_t b, int64_t e) {
-      quantize_rows_avx2(x, K, b, e, a, 0x80);
-    });
-    if (!dense_onednn_gemm(a, w, out)) raise_bad_col(w);
-    run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
-      dense_onednn_epilogue_rows(a, w, relu, out, b, e);
-    });
+  if (kernel.call) {
+    if (!kernel.call(x, M, w, relu, out)) raise_bad_col(w);
     return;
   }
 
-  if (isa != Isa::kGeneric && rb == 1 && cb % 4 == 0 && M >= kPanelMinRows) {
+  if (kernel.panel) {
     const int64_t rows16 = (M + 15) / 16 * 16;
-    const bool gemm = cb == 4 && M >= kGemmMinRows && !is_dense_layout(w) && gemm_1x4_enabled();
     int64_t mc = rows16;
     if (rows16 * ld > kPanelBytes) mc = std::max<int64_t>(64, kPanelBytes / ld / 64 * 64);
-    mc = std::min(gemm ? kGemmChunkRows : mc, rows16);
+    mc = std::min(kernel.chunk_rows > 0 ? kernel.chunk_rows : mc, rows16);
     const int64_t n_chunks = (M + mc - 1) / mc;
     const int64_t padded = n_chunks * mc;
     PanelRows a{grow(tls.q, padded * ld), grow(tls.scale, padded), grow(tls.zp, padded), M, mc,
                 ld / 4};
     std::fill(const_cast<float*>(a.scale) + M, const_cast<float*>(a.scale) + padded, 0.0f);
     std::fill(const_cast<int32_t*>(a.zp) + M, const_cast<int32_t*>(a.zp) + padded, 0);
-    run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel_avx2(x, K, b, e, a); });
-    PanelKernel kernel = vnni ? bsr_1x4_panel_avx512vnni : bsr_1x4_panel_avx2;
-    if (gemm) kernel = vnni ? gemm_1x4_64x1_avx512vnni : gemm_1x4_32x1_avx2;
-    if (is_dense_layout(w)) kernel = vnni ? dense_panel_avx512vnni : dense_panel_avx2;
+    run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel(x, K, b, e, a); });
     const int64_t n_rb = w.n_row_blocks;
     run_range(n_chunks * n_rb, macs_per_rb * mc, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e;) {
         const int64_t chunk = t / n_rb, r = t % n_rb;
         const int64_t r_end = std::min(n_rb, r + (e - t));
-        if (!kernel(a, chunk, w, out, relu, r, r_end)) ok.store(false);
+        if (!kernel.panel(a, chunk, w, out, relu, r, r_end)) ok.store(false);
         t += r_end - r;
       }
     });
@@ -225,22 +328,16 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
     return;
   }
 
-  QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
-  run_range(M, 4 * K, [&](int64_t b, int64_t e) {
-    if (isa == Isa::kGeneric) {
-      quantize_rows(x, K, b, e, a);
-    } else {
-      quantize_rows_avx2(x, K, b, e, a);
-    }
-  });
-  RowsKernel kernel = bsr_generic;
-  if (isa != Isa::kGeneric && rb == 1 && cb % 4 == 0) {
-    kernel = vnni ? bsr_1x4_rows_avx512vnni : bsr_1x4_rows_avx2;
-  } else if (isa != Isa::kGeneric && cb == 1 && rb % 8 == 0) {
-    kernel = bsr_8x1_avx2;  // also on VNNI CPUs: faster than a vpdpbusd variant
-  }
-  run_range(w.n_row_blocks, macs_per_rb * M, [&](int64_t b, int64_t e) {
-    if (!kernel(a, w, out, relu, b, e)) ok.store(false);
+  // The tiled kernels read a window of kTiledWindow dwords from any start in
+  // [0, max(0, n_col_blocks - kTiledWindow)]: rows hold at least that many.
+  const bool tiled = kernel.layout == Layout::kTiled;
+  const int64_t ld_q = tiled ? std::max<int64_t>(ld, 4 * kTiledWindow) : ld;
+  QuantizedRows a{grow(tls.q, M * ld_q), grow(tls.scale, M), grow(tls.zp, M), M, ld_q};
+  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize(isa, x, K, b, e, a); });
+  // Work units: output row blocks, or tiles of kTiledLanes rows.
+  const int64_t units = tiled ? w.tiled->n_tiles : w.n_row_blocks;
+  run_range(units, macs_per_rb * M * (tiled ? kTiledLanes : 1), [&](int64_t b, int64_t e) {
+    if (!kernel.rows(a, w, out, relu, b, e)) ok.store(false);
   });
   if (!ok.load()) raise_bad_col(w);
 }

@@ -2,6 +2,7 @@
 // Plain pointers and sizes only: the kernels know nothing of torch.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace sqfx {
 
@@ -12,6 +13,28 @@ struct QuantizedRows {
   const int32_t* zp;     // [M], in [0, 255]
   int64_t M;
   int64_t ld;            // row stride of q, >= n_col_blocks * col_block
+};
+
+// The small-M tiled layout of a 1x4 weight (bsr_1x4_tiled.cpp): tiles of
+// kTiledLanes output rows (lane = row), each a run of steps; a step holds one
+// block (or a zero-weight pad) per lane, all from one window of kTiledWindow
+// activation dwords, so the kernels pick them by an in-register permute.
+constexpr int kTiledLanes = 16;
+constexpr int kTiledWindow = 32;  // dwords: two zmm (vpermi2d), four ymm (vpermd + blends)
+struct TiledWeight {
+  const int32_t* tile_ptr;  // [n_tiles + 1]: steps of tile t are tile_ptr[t]:tile_ptr[t+1]
+  const int32_t* step_col;  // [n_steps]: window start (block column) of each step, checked by the op
+                            // to lie in [0, max(0, n_col_blocks - kTiledWindow)]
+  const int8_t* slot_w;     // [n_steps, 64]: the weight dword of each lane (0 for a pad)
+  const uint8_t* slot_idx;  // [n_steps, 16]: each lane's dword in the window, < kTiledWindow
+  const int32_t* row_perm;  // [n_tiles * 16]: output row of each lane, -1 for none
+  int64_t n_tiles, n_steps;
+};
+// The same, owned (what build_tiled_layout writes).
+struct TiledLayout {
+  std::vector<int32_t> tile_ptr, step_col, row_perm;
+  std::vector<int8_t> slot_w;
+  std::vector<uint8_t> slot_idx;
 };
 
 // A block-sparse row (BSR) int8 weight, already validated by the op.
@@ -27,7 +50,12 @@ struct BsrWeight {
   int64_t row_block, col_block;
   int64_t n_row_blocks, n_col_blocks;
   int64_t nnz;
+  const TiledWeight* tiled = nullptr;  // the small-M layout of the same weight, when given
 };
+
+// Derives the tiled layout of a 1x4 weight (row_block 1, col_block 4) whose
+// block columns are in range and increasing per row (the caller checks).
+void build_tiled_layout(const BsrWeight& w, TiledLayout* out);
 
 // Quantizes rows [m_begin, m_end) of x [M, K] (contiguous fp32) into out.
 void quantize_rows(const float* x, int64_t K, int64_t m_begin, int64_t m_end,
@@ -59,11 +87,14 @@ inline float epilogue(int64_t acc, int32_t zp, int32_t w_sum, float a_scale,
 }
 
 // ---------------------------------------------------------------------------
-// Fast x86 kernels (one file each, csrc/kernels/bsr_<block>_<isa>.cpp) and the
-// dispatcher (dispatch.cpp) that picks among them. Every fast kernel
-// accumulates in int32, exact only while the padded in_features stays at or
-// below kMaxInt32InFeatures; the dispatcher checks that.
+// Fast kernels, one file per kernel family and ISA (csrc/kernels/<family>_<isa>.cpp;
+// setup.py compiles the files of the build machine's architecture only), and the
+// kernel table (dispatch.cpp) that picks among them. Every int32 kernel is exact
+// only while the padded in_features stays at or below kMaxInt32InFeatures; the
+// table checks that.
 
+// Kernel ISA paths, worst to best. A CPU (or a forced path) runs the table rows
+// of its ISA and of every ISA below it.
 enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 
 // Activations quantized once per call into a "panel": for every group of 4
@@ -81,6 +112,13 @@ struct PanelRows {
   int64_t groups;       // padded in_features / 4
 };
 
+// fp32 activations of the weight-only op: rows of stride ld >= n_col_blocks * cb
+// (zero padded).
+struct FloatRows {
+  const float* x;
+  int64_t M, ld;
+};
+
 // Vectorized twin of quantize_rows (AVX2 + FMA-free float ops, bit-identical).
 // flip is XORed into every byte: 0x80 stores q - 128 as int8 (the oneDNN path).
 void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
@@ -89,10 +127,23 @@ void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
 void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
                          int64_t m_end, const PanelRows& out);
 
+// The three kernel signatures. Each computes output row blocks [rb_begin,
+// rb_end) and returns false if it met a block column index out of range (it
+// never reads there; the op then raises).
+//  rows:  quantized activations, row-major (QuantizedRows), all M rows;
+//  panel: quantized activations in a PanelRows, one chunk of rows per call;
+//  float: fp32 activations (the weight-only op), all M rows.
+using RowsKernel = bool (*)(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                            int64_t rb_begin, int64_t rb_end);
+using PanelKernel = bool (*)(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
+                             bool relu, int64_t rb_begin, int64_t rb_end);
+// Runs one whole dynamic call (x [M, K] -> out [M, N]); false: a bad col index.
+using CallKernel = bool (*)(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+using FloatKernel = bool (*)(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+                             int64_t rb_begin, int64_t rb_end);
+
+// qlinear_dynamic kernels (names as in the kernel table, dispatch.cpp).
 // Row blocks of 1 x cb with cb % 4 == 0 (1x4 sparse; 1xK dense layout).
-// "rows" kernels: activations row-major (small M, one weight pass, gathers);
-// "panel" kernels: activations in a PanelRows, one chunk of rows per call.
-// All return false on a block column index out of range (never read there).
 bool bsr_1x4_rows_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                        bool relu, int64_t rb_begin, int64_t rb_end);
 bool bsr_1x4_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
@@ -104,7 +155,7 @@ bool bsr_1x4_panel_avx512vnni(const PanelRows& a, int64_t chunk,
                               const BsrWeight& w, float* out, bool relu,
                               int64_t rb_begin, int64_t rb_end);
 // Dense layout (every row one 1 x K_padded block at column 0, row_ptr the
-// identity, checked by the dispatcher), large M: register tile over output rows too.
+// identity, checked by the table), large M: register tile over output rows too.
 bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
@@ -125,14 +176,76 @@ bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out);
 // Converts rows [m_begin, m_end) of out from C to the final floats, in place.
 void dense_onednn_epilogue_rows(const QuantizedRows& a, const BsrWeight& w, bool relu,
                                 float* out, int64_t m_begin, int64_t m_end);
+// 1x4 weights with a tiled layout (w.tiled), small M: gather-free, lane =
+// output row, window dwords picked by vpermi2d (VNNI) / vpermd + blends (AVX2).
+// Here rb_begin / rb_end count tiles of kTiledLanes rows.
+bool bsr_1x4_tiled_avx512vnni(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                              int64_t tile_begin, int64_t tile_end);
+bool bsr_1x4_tiled_avx2(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                        int64_t tile_begin, int64_t tile_end);
 // Row blocks of rb x 1 with rb % 8 == 0 (8x1, 16x1, ...), any M.
 bool bsr_8x1_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
                   bool relu, int64_t rb_begin, int64_t rb_end);
 // (An AVX-512 VNNI 8x1 variant -- 4-block byte transpose + vpdpbusd -- measured
 // 1.3-1.5x slower than this one: CPUs with VNNI run bsr_8x1_avx2.)
 
-// Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the best kernel the
-// CPU (or the forced ISA) allows, multithreaded. Raises on a bad col index.
+// qlinear_weight_only kernels (csrc/qlinear_weight_only.cpp). w.w_sum is unused.
+bool wo_generic(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+                int64_t rb_begin, int64_t rb_end);
+bool wo_avx2(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
+             int64_t rb_begin, int64_t rb_end);
+
+// ---------------------------------------------------------------------------
+// The kernel table (dispatch.cpp): one row per kernel, searched in order, the
+// first row that matches {op, ISA, block rule, layout, M range, K range} runs.
+//
+// To add a kernel: write it with one of the three signatures above (a new
+// csrc/kernels/<family>_<isa>.cpp file is picked up by setup.py's source rules),
+// declare it here, and add one row to kTable in dispatch.cpp above the rows it
+// should win over. Name it <datatypes>_<layout>_<tile>__<isa> (XNNPACK style):
+// "qd8" = the dynamic op (u8 activations quantized per row, s8 weights, f32 out),
+// "f32_qc8w" = the weight-only op (f32 activations, per-channel s8 weights).
+// A new ISA (e.g. ARM NEON / dotprod) is one more Isa value, one capability
+// check in dispatch.cpp and its rows.
+
+enum class Op : int { kDynamic = 0, kWeightOnly = 1 };
+enum class BlockRule : int {
+  k1x4,   // exactly 1x4
+  k1x4c,  // row_block 1, col_block % 4 == 0 (1x4, 1x8, ..., the dense 1 x K_pad)
+  k8x1,   // col_block 1, row_block % 8 == 0 (8x1, 16x1, ...)
+  kAny,
+};
+enum class Layout : int {
+  kSparse,  // any BSR weight that is not the dense layout
+  kDense,   // pack(layout="dense"): one 1 x K_pad block per row, row_ptr the identity
+  kTiled,   // the call carries the small-M tiled layout (w.tiled) of a 1x4 weight
+  kAny,
+};
+
+struct KernelEntry {
+  const char* name;
+  Op op;
+  Isa isa;          // the least ISA it needs
+  BlockRule block;
+  Layout layout;
+  int64_t m_min, m_max;  // input rows (flattened M), inclusive
+  bool int32_acc;        // exact only for K_pad <= kMaxInt32InFeatures
+  RowsKernel rows;       // exactly one of rows / panel / fp / call is set
+  PanelKernel panel;
+  FloatKernel fp;
+  int64_t chunk_rows;    // panel kernels: rows per panel chunk (0: sized to stay in L2)
+  bool (*usable)();      // optional run-time condition (a probe, an env switch)
+  CallKernel call;       // runs the whole call itself (its own quantizer and scratch)
+};
+
+// The row of the table that serves this call (never null: the generic kernels
+// match everything).
+const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M);
+// The table itself, for listing (count rows).
+const KernelEntry* kernel_table(int* count);
+
+// Dispatcher (dispatch.cpp): quantizes x [M, K] and runs the table's kernel for
+// the CPU (or the forced ISA), multithreaded. Raises on a bad col index.
 void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu,
                  float* out);
 // Names of the ISA paths this CPU can run, best last ("generic" first).
@@ -140,5 +253,7 @@ const char* const* available_isas(int* count);
 // Forces one ISA path ("auto" undoes it); returns false if not available.
 bool force_isa(const char* name);
 const char* active_isa_name();
+// The ISA the kernels run now: the best the CPU has, or the forced one.
+Isa current_isa();
 
 }  // namespace sqfx

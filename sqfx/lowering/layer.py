@@ -133,5 +133,5 @@ class LayerLowering:
             fqn=fqn, in_features=in_features, out_features=out_features, block=settings.block,
             sparsity=lowered.sparsity, scheme=lowered.scheme, relu_fused=relu, sqnr_db=lowered.sqnr_db,
             mask_source=lowered.mask_source, matched=matched, shared_with=shared_with, activation=activation,
-            kernel=p.kernel if activation == "dynamic_int8" else "weight_only"))
+            kernel=p.kernel_summary("qlinear_weight_only" if activation == "weight_only" else "qlinear_dynamic")))
         return LayerUse(fqn, lowered, activation, relu, shared_with)

@@ -13,6 +13,7 @@ from torch import fx, nn
 from .. import ops  # noqa: F401  (the op must be registered before a graph can call it)
 from ..config import SparseQuantConfig, as_config
 from ..nn import _BUFFER, SparseQuantLinear
+from ..format import PackedLinear
 from ..patterns import LinearMatch, find_linear_matches
 from ..patterns.linear_relu import PlaceholderResolver, linear_like
 from .layer import MHA_REASON, LayerLowering, LayerUse, inside_multihead_attention
@@ -21,6 +22,7 @@ from .report import ConversionReport, SkippedLayer
 
 QLINEAR = torch.ops.sqfx.qlinear_dynamic.default
 QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
+_TILED_FIELDS = PackedLinear.TILED_FIELDS  # the op's optional small-M layout
 
 
 def _describe(match: LinearMatch) -> str:
@@ -68,9 +70,12 @@ def _emit(gm: fx.GraphModule, match: LinearMatch, holder: str, use: LayerUse) ->
                 x, attr("values"), attr("row_ptr"), attr("col_idx"), attr("w_scale"), attr("bias"),
                 p.in_features, use.relu))
         else:
+            # The small-M tiled layout the holder derived (non-persistent buffers), when it has one.
+            has_tiled = gm.get_submodule(holder).tiled_tile_ptr is not None
+            tiled = tuple(graph.get_attr(f"{holder}.tiled_{f}") for f in _TILED_FIELDS) if has_tiled else ()
             node = graph.call_function(QLINEAR, (
                 x, attr("values"), attr("row_ptr"), attr("col_idx"), attr("w_scale"), attr("w_sum"),
-                attr("bias"), p.in_features, use.relu))
+                attr("bias"), p.in_features, use.relu, *tiled))
     # Shapes from the value the op replaces; the module stack (the layer's name in later
     # exports) from the linear, not from a fused ReLU module.
     node.meta.update({k: v for k, v in out.meta.items() if k in ("val", "example_value", "tensor_meta")})
