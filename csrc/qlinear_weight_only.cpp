@@ -25,7 +25,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -226,6 +228,62 @@ bool run_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_id
   return wo_generic(a, w, col_idx, out, relu, b, e);
 }
 
+// True if some x[k], k < K, is NaN or +-Inf (exponent all ones). Integer test: vectorizes.
+bool row_has_nonfinite(const float* x, int64_t K) {
+  uint32_t any = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint32_t bits;
+    std::memcpy(&bits, x + k, 4);
+    any |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return any != 0;
+}
+
+// The kernels skip pruned blocks; the reference multiplies every x[k] by its weight, zero or
+// not, so a NaN or Inf x[k] under a pruned block makes y[n] NaN (NaN * 0, Inf * 0). Stored
+// blocks propagate it already (their zero weights multiply too). For each row holding a
+// non-finite value: a row block whose stored blocks miss one of its non-finite block columns
+// gets NaN outputs. O(M K) scan; O(nnz) per non-finite row, which is the rare case.
+template <typename Index>
+void propagate_nonfinite(const Rows& a, const WoWeight& w, const Index* col_idx, float* out) {
+  std::vector<int64_t> bad_cols;    // distinct non-finite block columns of the row
+  std::vector<int64_t> stamp;       // stamp[col]: (row tag) if bad, (row block tag) once counted
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ld;
+    if (!row_has_nonfinite(x, w.K)) continue;
+    if (stamp.empty()) stamp.assign(static_cast<size_t>(w.n_col_blocks), -1);
+    const int64_t row_tag = -2 - m;  // negative: never a row block tag
+    bad_cols.clear();
+    for (int64_t k = 0; k < w.K; ++k) {
+      if (std::isfinite(x[k])) continue;
+      const int64_t col = k / w.col_block;
+      if (stamp[col] != row_tag) {
+        stamp[col] = row_tag;
+        bad_cols.push_back(col);
+      }
+    }
+    const int64_t n_bad = static_cast<int64_t>(bad_cols.size());
+    for (int64_t i = 0; i < w.n_row_blocks; ++i) {
+      int64_t covered = 0;
+      for (int64_t j = w.row_ptr[i]; j < w.row_ptr[i + 1]; ++j) {
+        const int64_t col = static_cast<int64_t>(col_idx[j]);  // range-checked by the kernels
+        if (stamp[col] == row_tag) {
+          stamp[col] = i;  // counted for row block i (duplicates count once)
+          ++covered;
+        }
+      }
+      for (int64_t j = w.row_ptr[i]; j < w.row_ptr[i + 1]; ++j) {
+        const int64_t col = static_cast<int64_t>(col_idx[j]);
+        if (stamp[col] == i) stamp[col] = row_tag;  // restore for the next row block
+      }
+      if (covered == n_bad) continue;
+      for (int64_t n = i * w.row_block; n < std::min(w.N, (i + 1) * w.row_block); ++n) {
+        out[m * w.N + n] = std::numeric_limits<float>::quiet_NaN();
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx,
@@ -266,6 +324,11 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
         });
     STD_TORCH_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
                     w.n_col_blocks, ")");
+    if (w.col_idx_16) {
+      propagate_nonfinite(a, w, static_cast<const int16_t*>(w.col_idx), yp);
+    } else {
+      propagate_nonfinite(a, w, static_cast<const int32_t*>(w.col_idx), yp);
+    }
   }
   return torch::stable::reshape(out, out_shape);
 }

@@ -83,6 +83,32 @@ def test_nan_and_inf_propagate(kernel):
     assert bool(y[1].isnan().all()) and bool(y[[0, 2]].isfinite().all())
 
 
+def assert_same_nonfinite(got, want):
+    """Equal NaN and +-Inf positions (and signs), finite entries within the float tolerance."""
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.isposinf(), want.isposinf()) and torch.equal(got.isneginf(), want.isneginf())
+
+
+@pytest.mark.parametrize("block,sparsity", [((1, 4), 0.5), ((1, 4), 0.9), ((2, 4), 0.7), ((3, 5), 0.6),
+                                            ((1, 4), 0.0)])
+@pytest.mark.parametrize("m", [1, 3, 20, 70])
+def test_nonfinite_rows_match_reference_when_sparse(kernel, block, sparsity, m):
+    # Regression: the kernels skip pruned blocks, so a NaN or Inf under a pruned block gave finite
+    # outputs; the reference (a dense matmul) gives NaN (NaN * w, Inf * 0) or +-Inf there.
+    packed = random_packed(24, 40, block, sparsity, seed=7)[0]
+    x = torch.randn(m, 40, generator=torch.Generator().manual_seed(1))
+    x[0, 5] = float("nan")
+    if m > 1:
+        x[1, 33] = float("inf")
+        x[m - 1, [2, 17]] = torch.tensor([float("-inf"), float("inf")])
+    for relu in (False, True):
+        got, want = call_wo(packed, x, relu), reference_wo(packed, x, relu)
+        assert_same_nonfinite(got, want)
+        assert bool(got[0].isnan().all())
+        finite = want.isfinite()
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
 def test_noncontiguous_input():
     packed = random_packed(12, 20, (2, 4), 0.3, seed=4)[0]
     x = torch.randn(20, 6).T  # 6 x 20, not contiguous
