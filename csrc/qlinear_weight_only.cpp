@@ -20,6 +20,8 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include "kernels/kernels.h"
+#include "kernels/wo_kernels.h"
 #include "packed_checks.h"
 
 #include <algorithm>
@@ -202,26 +204,11 @@ SQFX_WO_AVX2 bool wo_avx2(const Rows& a, const WoWeight& w, const Index* col_idx
   return ok;
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
-
-// SQFX_WEIGHT_ONLY_KERNEL=generic forces the portable kernel (tests compare the two).
-bool use_avx2() {
-#if SQFX_WO_X86
-  const char* force = std::getenv("SQFX_WEIGHT_ONLY_KERNEL");
-  if (force && std::strcmp(force, "generic") == 0) return false;
-  return cpu_has_avx2_fma();
-#else
-  return false;
-#endif
-}
 
 template <typename Index>
-bool run_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
-                bool relu, int64_t b, int64_t e) {
+bool run_rows_kernel(bool avx2, const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
+                     bool relu, int64_t b, int64_t e) {
 #if SQFX_WO_X86
   if (avx2) return wo_avx2(a, w, col_idx, out, relu, b, e);
 #endif
@@ -284,6 +271,169 @@ void propagate_nonfinite(const Rows& a, const WoWeight& w, const Index* col_idx,
   }
 }
 
+
+// ---- Kernel choice (see csrc/kernels/wo_kernels.h for the tiled kernels) ----
+// ISA: the one sqfx.ops.force_isa / the CPU selects for both ops (csrc/kernels/dispatch.cpp);
+// the AVX-512 kernels need only AVX-512F/BW/VL, which every "avx512vnni" CPU has.
+enum class WoIsa { kGeneric, kAvx2, kAvx512 };
+
+WoIsa wo_isa() {
+  const char* name = active_isa_name();
+  if (std::strcmp(name, "avx512vnni") == 0) return WoIsa::kAvx512;
+  if (std::strcmp(name, "avx2") == 0) return WoIsa::kAvx2;
+  return WoIsa::kGeneric;
+}
+
+// Sparse layers below this many input rows run the rows kernel (each block dequantized per
+// row, weights reread from L1); at and above, the transposed-activation bsr kernel.
+constexpr int64_t kTileMinRows = 16;
+// Dense-ish layers below this many rows run the rowdot kernel (int8 widened in registers); at
+// and above, the fp32 panel kernel (dequantizes a panel once, best register reuse).
+constexpr int64_t kPanelMinRows = 64;
+// Stored fraction of the blocks from which the dense tile (dense FMA count, best register
+// reuse) beats the sparse one (FMAs only for stored blocks, one load per FMA).
+constexpr int64_t kDenseMinPercent = 40;
+// Calls with fewer multiply-adds run on the calling thread: no thread-pool hand-off.
+constexpr int64_t kMinParallelWork = 1 << 17;
+
+template <typename F>
+void run_range(int64_t n, int64_t work_per_item, const F& f) {
+  if (n <= 0) return;
+  work_per_item = std::max<int64_t>(1, work_per_item);
+  if (n < 2 || n * work_per_item < kMinParallelWork || torch::stable::get_num_threads() < 2) {
+    f(0, n);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (kMinParallelWork / 4) / work_per_item);
+  torch::stable::parallel_for(0, n, grain, f);
+}
+
+// Scratch that only grows: no allocation per call once warm.
+thread_local std::vector<float> tls_panel, tls_transposed, tls_wbuf, tls_padded;
+thread_local std::vector<int8_t> tls_rows8;
+
+template <typename T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+BsrWeight as_bsr(const WoWeight& p) {
+  return BsrWeight{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, nullptr, p.bias,
+                   p.N, p.K, p.row_block, p.col_block, p.n_row_blocks, p.n_col_blocks, p.nnz};
+}
+
+// Chunk `chunk` of mt input rows of x [M, K] into dst [ld][mt], zero past K and past M.
+void transpose_chunk(const float* x, int64_t M, int64_t K, int64_t ld, int64_t mt, int64_t chunk,
+                     float* dst) {
+  const int64_t m0 = chunk * mt, rows = std::min(mt, M - m0);
+  constexpr int64_t kStep = 16;  // k columns per pass: the written lines stay in L1
+  for (int64_t k0 = 0; k0 < ld; k0 += kStep) {
+    const int64_t k1 = std::min(ld, k0 + kStep), kr = std::min(K, k1);
+    for (int64_t m = 0; m < mt; ++m) {
+      const float* src = x + (m0 + m) * K;
+      int64_t k = k0;
+      if (m < rows) {
+        for (; k < kr; ++k) dst[k * mt + m] = src[k];
+      }
+      for (; k < k1; ++k) dst[k * mt + m] = 0.0f;
+    }
+  }
+}
+
+bool is_denseish(const WoWeight& w) {
+  return w.nnz * 100 >= kDenseMinPercent * w.n_row_blocks * w.n_col_blocks;
+}
+
+// Dense-ish layer, M < kPanelMinRows, AVX2/AVX-512.
+bool run_rowdot(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool relu, float* out) {
+  const BsrWeight w = as_bsr(p);
+  const int64_t ld = w.n_col_blocks * w.col_block;
+  const int64_t kpad = (ld + kWoRowdotAlign - 1) / kWoRowdotAlign * kWoRowdotAlign;
+  if (kpad != w.K) {  // rows zero padded to whole vectors
+    float* padded = grow(tls_padded, M * kpad);
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(padded + m * kpad, x + m * w.K, sizeof(float) * w.K);
+      std::fill(padded + m * kpad + w.K, padded + (m + 1) * kpad, 0.0f);
+    }
+    x = padded;
+  }
+  const WoRows a{x, M, kpad, w.K};
+  const auto kernel = isa == WoIsa::kAvx512 ? wo_f32_rowdot_6x4_avx512 : wo_f32_rowdot_3x4_avx2;
+  std::atomic<bool> ok{true};
+  run_range((w.N + 3) / 4, M * kpad * 4, [&](int64_t b, int64_t e) {
+    if (!kernel(a, w, relu, out, b, e, grow(tls_rows8, 4 * kpad))) ok.store(false);
+  });
+  return ok.load();
+}
+
+// AVX2/AVX-512 and M >= kTileMinRows (sparse) or kPanelMinRows (dense-ish). Returns false on
+// a bad block column index.
+bool run_tiled(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool relu, float* out) {
+  const BsrWeight w = as_bsr(p);
+  const int64_t ld = w.n_col_blocks * w.col_block;
+  const bool avx512 = isa == WoIsa::kAvx512;
+  std::atomic<bool> ok{true};
+  if (is_denseish(p)) {
+    const int64_t nr = avx512 ? kWoDenseNr512 : kWoDenseNr256;
+    const auto kernel = avx512 ? wo_f32_dense_12x32_avx512 : wo_f32_dense_6x16_avx2;
+    const WoRows a{x, M, w.K, w.K};
+    run_range((w.N + nr - 1) / nr, M * ld * nr, [&](int64_t b, int64_t e) {
+      if (!kernel(a, w, relu, out, b, e, grow(tls_panel, ld * nr))) ok.store(false);
+    });
+    return ok.load();
+  }
+  const int64_t mt = avx512 ? kWoBsrMt512 : kWoBsrMt256;
+  const auto kernel = avx512 ? wo_f32_bsr_m64_avx512 : wo_f32_bsr_m32_avx2;
+  const int64_t n_chunks = (M + mt - 1) / mt, n_rb = w.n_row_blocks;
+  float* xt = grow(tls_transposed, n_chunks * ld * mt);
+  run_range(n_chunks, ld * mt, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) transpose_chunk(x, M, w.K, ld, mt, c, xt + c * ld * mt);
+  });
+  int64_t max_blocks = 0;
+  for (int64_t i = 0; i < n_rb; ++i) max_blocks = std::max<int64_t>(max_blocks, w.row_ptr[i + 1] - w.row_ptr[i]);
+  const int64_t wbuf_size = std::max<int64_t>(1, max_blocks * w.row_block * w.col_block);
+  const int64_t macs_per_rb = std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, n_rb)) * w.row_block * w.col_block;
+  run_range(n_chunks * n_rb, macs_per_rb * mt, [&](int64_t b, int64_t e) {
+    float* wbuf = grow(tls_wbuf, wbuf_size);
+    for (int64_t t = b; t < e;) {
+      const int64_t chunk = t / n_rb, r = t % n_rb, r_end = std::min(n_rb, r + (e - t));
+      const int64_t m0 = chunk * mt;
+      if (!kernel(xt + chunk * ld * mt, m0, std::min(mt, M - m0), w, relu, out, r, r_end, wbuf)) {
+        ok.store(false);
+      }
+      t += r_end - r;
+    }
+  });
+  return ok.load();
+}
+
+// Small M, or no AVX2: the rows kernels, over row-major rows padded to whole blocks.
+bool run_rows(WoIsa isa, const float* x, int64_t M, const WoWeight& w, bool relu, float* out) {
+  // A last block column that runs past in_features reads zero padding, never past the row.
+  const int64_t ld = w.n_col_blocks * w.col_block;
+  Rows a{x, M, w.K};
+  if (ld != w.K) {
+    float* padded = grow(tls_padded, M * ld);
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(padded + m * ld, x + m * w.K, sizeof(float) * w.K);
+      std::fill(padded + m * ld + w.K, padded + (m + 1) * ld, 0.0f);
+    }
+    a = Rows{padded, M, ld};
+  }
+  const bool avx2 = isa != WoIsa::kGeneric;
+  std::atomic<bool> ok{true};
+  const int64_t work_per_rb =
+      M * std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block;
+  run_range(w.n_row_blocks, work_per_rb, [&](int64_t b, int64_t e) {
+    const bool good =
+        w.col_idx_16 ? run_rows_kernel(avx2, a, w, static_cast<const int16_t*>(w.col_idx), out, relu, b, e)
+                     : run_rows_kernel(avx2, a, w, static_cast<const int32_t*>(w.col_idx), out, relu, b, e);
+    if (!good) ok.store(false);
+  });
+  return ok.load();
+}
+
 }  // namespace
 
 Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor col_idx,
@@ -291,43 +441,29 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
                            bool relu) {
   const CheckedPacked p = check_packed(kOp, values, row_ptr, col_idx, w_scale, bias, in_features);
   const WoWeight& w = p;
-  const int64_t nnz = p.nnz;
   int64_t M = 0;
   Tensor x = check_input(kOp, input, p, &M);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
   Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
   if (M > 0 && w.N > 0) {
-    // A last block column that runs past in_features reads zero padding, never past the row.
-    const int64_t ld = w.n_col_blocks * w.col_block;
-    std::vector<float> padded;
-    Rows a{x.const_data_ptr<float>(), M, w.K};
-    if (ld != w.K) {
-      padded.assign(static_cast<size_t>(M * ld), 0.0f);
-      for (int64_t m = 0; m < M; ++m) {
-        std::memcpy(padded.data() + m * ld, a.x + m * w.K, sizeof(float) * w.K);
-      }
-      a = Rows{padded.data(), M, ld};
-    }
+    const float* xp = x.const_data_ptr<float>();
     float* yp = out.mutable_data_ptr<float>();
-    const bool avx2 = use_avx2();
-    std::atomic<bool> ok{true};
-    const int64_t work_per_rb =
-        std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block);
-    torch::stable::parallel_for(
-        0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
-          const bool good =
-              w.col_idx_16
-                  ? run_kernel(avx2, a, w, static_cast<const int16_t*>(w.col_idx), yp, relu, b, e)
-                  : run_kernel(avx2, a, w, static_cast<const int32_t*>(w.col_idx), yp, relu, b, e);
-          if (!good) ok.store(false);
-        });
-    STD_TORCH_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
-                    w.n_col_blocks, ")");
-    if (w.col_idx_16) {
-      propagate_nonfinite(a, w, static_cast<const int16_t*>(w.col_idx), yp);
+    const WoIsa isa = wo_isa();
+    bool ok;
+    if (isa == WoIsa::kGeneric) {
+      ok = run_rows(isa, xp, M, w, relu, yp);
+    } else if (is_denseish(w)) {
+      ok = M < kPanelMinRows ? run_rowdot(isa, xp, M, w, relu, yp) : run_tiled(isa, xp, M, w, relu, yp);
     } else {
-      propagate_nonfinite(a, w, static_cast<const int32_t*>(w.col_idx), yp);
+      ok = M < kTileMinRows ? run_rows(isa, xp, M, w, relu, yp) : run_tiled(isa, xp, M, w, relu, yp);
+    }
+    STD_TORCH_CHECK(ok, kOp, ": col_idx holds a block column index outside [0, ", w.n_col_blocks, ")");
+    const Rows rows{xp, M, w.K};
+    if (w.col_idx_16) {
+      propagate_nonfinite(rows, w, static_cast<const int16_t*>(w.col_idx), yp);
+    } else {
+      propagate_nonfinite(rows, w, static_cast<const int32_t*>(w.col_idx), yp);
     }
   }
   return torch::stable::reshape(out, out_shape);

@@ -31,16 +31,14 @@ def assert_close_to_reference(packed, x, relu):
     assert bool(((got - want).abs() <= tol).all()), float(((got - want).abs() - tol).max())
 
 
-@pytest.fixture(params=["auto", "generic"])
-def kernel(request, monkeypatch):
-    if request.param == "generic":
-        monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
-    else:
-        monkeypatch.delenv("SQFX_WEIGHT_ONLY_KERNEL", raising=False)
-    return request.param
+@pytest.fixture(params=sqfx.ops.available_isas())
+def kernel(request):
+    """Every ISA path this CPU has (sqfx.ops.force_isa reaches the weight-only kernels too)."""
+    with sqfx.ops.force_isa(request.param):
+        yield request.param
 
 
-# The kernel fixture only sets an environment variable, the same for every generated input.
+# The kernel fixture forces one ISA for the whole test, the same for every generated input.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 40), k=st.integers(1, 70), m=st.integers(0, 9),
@@ -54,12 +52,34 @@ def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_cha
     assert_close_to_reference(packed, x, relu)
 
 
-def test_kernels_agree_and_fit_fp32_linear(monkeypatch):
+# Every tiled kernel: rowdot (dense-ish, M < 64), fp32 panel (dense-ish, M >= 64), transposed
+# bsr (sparse, M >= 16), with ragged M, N and K tails against the tiles' 3/6/12 rows, 4/16/32
+# output rows and 8/16 lanes; the dense layout too.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 70), k=st.integers(1, 90), m=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 17, 40, 63, 64, 65, 130]),
+    block=st.sampled_from([(1, 4), (1, 4), (1, 8), (2, 4), (4, 1), (3, 5), (1, 16)]),
+    sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95]), layout=st.sampled_from(["sparse", "dense"]),
+    bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_tiled_kernels_match_reference(kernel, n, k, m, block, sparsity, layout, bias, relu, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g)
+    if layout == "dense":
+        packed = sqfx.pack(weight, block=(1, 4), bias=torch.randn(n, generator=g) if bias else None,
+                           layout="dense")
+    else:
+        packed = random_packed(n, k, block, sparsity, bias=bias, seed=seed)[0]
+    x = torch.randn(m, k, generator=g) * 3
+    assert_close_to_reference(packed, x, relu)
+
+
+def test_kernels_agree_and_fit_fp32_linear():
     packed, weight, mask = random_packed(96, 200, (1, 4), 0.7, seed=1)
     x = torch.randn(2, 5, 200)
     auto = call_wo(packed, x)
-    monkeypatch.setenv("SQFX_WEIGHT_ONLY_KERNEL", "generic")
-    generic = call_wo(packed, x)
+    with sqfx.ops.force_isa("generic"):
+        generic = call_wo(packed, x)
     torch.testing.assert_close(auto, generic, rtol=1e-5, atol=1e-5)
     # Close to the fp32 linear on the same dequantized weight (int8 weight error only).
     want = torch.nn.functional.linear(x, packed.unpack(), packed.bias)
@@ -109,7 +129,19 @@ def test_nonfinite_rows_match_reference_when_sparse(kernel, block, sparsity, m):
         torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-4)
 
 
-def test_noncontiguous_input():
+@pytest.mark.parametrize("sparsity", [0.0, 0.8])
+@pytest.mark.parametrize("m", [2, 20, 70])
+@pytest.mark.parametrize("bad", [-1, 1000])
+def test_bad_col_idx_raises_on_every_kernel(kernel, sparsity, m, bad):
+    packed = random_packed(20, 48, (1, 4), sparsity, seed=8)[0]
+    col_idx = packed.col_idx.clone()
+    col_idx[len(col_idx) // 2] = bad
+    with pytest.raises(RuntimeError, match="block column index outside"):
+        torch.ops.sqfx.qlinear_weight_only(torch.randn(m, 48), packed.values, packed.row_ptr, col_idx,
+                                           packed.w_scale, packed.bias, 48, False)
+
+
+def test_noncontiguous_input(kernel):
     packed = random_packed(12, 20, (2, 4), 0.3, seed=4)[0]
     x = torch.randn(20, 6).T  # 6 x 20, not contiguous
     torch.testing.assert_close(call_wo(packed, x), call_wo(packed, x.contiguous()), rtol=0, atol=0)
