@@ -109,27 +109,40 @@ SQFX_WO_TARGET bool dense_entry(const WoRows& a, const BsrWeight& w, bool relu, 
 // ---- rowdot_MRx4 ----
 
 // int8 rows [n0, n0 + 4) of the weight, each kpad bytes (kpad: ld rounded up to the vector
-// width, zero past ld): straight from values for the dense layout (one 1 x ld block per row)
-// when ld is a whole number of vectors, else copied block by block into rows (zero where
-// pruned). Returns false on a bad block column index.
+// width, zero past ld): straight from values where a 1 x cb row stores every block in order
+// (0% sparse, or the dense layout) and ld is a whole number of vectors, else copied block by
+// block into rows (zero where pruned). Returns false on a bad block column index.
 template <typename V, typename Index>
 SQFX_WO_TARGET bool int8_rows(const BsrWeight& w, const Index* col_idx, int64_t ld, int64_t kpad,
                               int64_t n0, int64_t nn, int8_t* rows, const int8_t* wr[4]) {
   const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
-  const bool dense_layout = rb == 1 && w.n_col_blocks == 1 && w.nnz == w.N && kpad == ld;
   for (int64_t r = 0; r < nn; ++r) {
     const int64_t n = n0 + r, i = n / rb, j0 = w.row_ptr[i], j1 = w.row_ptr[i + 1];
-    if (dense_layout && j1 == j0 + 1 && j0 == n) {
-      if (col_idx[j0] != 0) return false;
+    // One pass, 32-bit lanes (vectorizes): any index out of range, any index != its position.
+    const int32_t count = static_cast<int32_t>(j1 - j0);  // row_ptr is int32
+    // Every index is below 2^31 (int16/int32), so clamping the limit there changes nothing.
+    const uint32_t limit = static_cast<uint32_t>(wo_min(w.n_col_blocks, int64_t{1} << 31));
+    uint32_t bad = 0, disorder = 0;
+    for (int32_t t = 0; t < count; ++t) {
+      const int32_t col = static_cast<int32_t>(col_idx[j0 + t]);
+      bad |= static_cast<uint32_t>(static_cast<uint32_t>(col) >= limit);
+      disorder |= static_cast<uint32_t>(col ^ t);
+    }
+    if (bad) return false;
+    if (rb == 1 && j1 - j0 == w.n_col_blocks && disorder == 0 && kpad == ld) {  // every block stored, in order: the row as it is in values
       wr[r] = w.values + j0 * block;
       continue;
     }
     int8_t* dst = rows + r * kpad;
     std::memset(dst, 0, static_cast<size_t>(kpad));
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t col = static_cast<int64_t>(col_idx[j]);
-      if (col < 0 || col >= w.n_col_blocks) return false;
-      std::memcpy(dst + col * cb, w.values + j * block + (n - i * rb) * cb, static_cast<size_t>(cb));
+    const int8_t* src = w.values + (n - i * rb) * cb;
+    if (cb == 4) {
+      for (int64_t j = j0; j < j1; ++j) std::memcpy(dst + static_cast<int64_t>(col_idx[j]) * 4, src + j * block, 4);
+    } else {
+      for (int64_t j = j0; j < j1; ++j) {
+        int8_t* d = dst + static_cast<int64_t>(col_idx[j]) * cb;
+        for (int64_t c = 0; c < cb; ++c) d[c] = src[j * block + c];
+      }
     }
     wr[r] = dst;
   }
