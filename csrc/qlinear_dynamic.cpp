@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "empty_cpu.h"
 #include "packed_checks.h"
 
 namespace sqfx {
@@ -55,7 +56,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
-  Tensor out = torch::stable::empty(out_shape, ScalarType::Float);
+  Tensor out = empty_cpu_float(out_shape);
   // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
   run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
   return out;

@@ -22,6 +22,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/wo_kernels.h"
+#include "empty_cpu.h"
 #include "packed_checks.h"
 
 #include <algorithm>
@@ -445,7 +446,8 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
   Tensor x = check_input(kOp, input, p, &M);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
-  Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
+  // The final shape right away: a reshape afterwards would be one more dispatcher call.
+  Tensor out = empty_cpu_float(out_shape);
   if (M > 0 && w.N > 0) {
     const float* xp = x.const_data_ptr<float>();
     float* yp = out.mutable_data_ptr<float>();
@@ -466,7 +468,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
       propagate_nonfinite(rows, w, static_cast<const int32_t*>(w.col_idx), yp);
     }
   }
-  return torch::stable::reshape(out, out_shape);
+  return out;
 }
 
 }  // namespace sqfx
