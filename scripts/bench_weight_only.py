@@ -15,7 +15,7 @@ import torch
 import sqfx
 
 
-def interleaved_us(fns, min_time, samples):
+def interleaved_us(fns, min_time, samples, clock=time.perf_counter):
     """Per-call times of each fn, sampled alternately (a loaded machine slows all alike):
     (median, min) in us per fn."""
     for fn in fns:
@@ -31,10 +31,10 @@ def interleaved_us(fns, min_time, samples):
     times = [[] for _ in fns]
     for _ in range(samples):
         for i, fn in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             for _ in range(per[i]):
                 fn()
-            times[i].append((time.perf_counter() - t) / per[i] * 1e6)
+            times[i].append((clock() - t) / per[i] * 1e6)
     return [(statistics.median(ts), min(ts)) for ts in times]
 
 
@@ -47,10 +47,16 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per fn per cell")
     ap.add_argument("--samples", type=int, default=15)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--clock", choices=["auto", "thread", "wall"], default="auto",
+                    help="thread: this thread's CPU time, which a loaded machine's waits do not inflate "
+                         "(valid with --threads 1 only: every kernel then runs on the calling thread); "
+                         "auto: thread with --threads 1, else wall")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    clock_name = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
+    clock = time.thread_time if clock_name == "thread" else time.perf_counter
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {clock_name} clock")
     for shape in args.shapes.split(","):
         n, k = map(int, shape.split("x"))
         lin = torch.nn.Linear(k, n)
@@ -71,7 +77,7 @@ def main():
 
                 for isa in args.isa.split(","):
                     with torch.inference_mode(), sqfx.ops.force_isa(isa):
-                        (o, o_min), (f, f_min) = interleaved_us([op, fp32], args.min_time, args.samples)
+                        (o, o_min), (f, f_min) = interleaved_us([op, fp32], args.min_time, args.samples, clock)
                     print(f"{n}x{k} M={m:<5d} sp={sp:.2f} {isa:<10s} op {o:9.1f} us (min {o_min:9.1f})  "
                           f"F.linear {f:9.1f} us (min {f_min:9.1f})  ratio {f / o:5.2f}x (min {f_min / o_min:5.2f}x)",
                           flush=True)
