@@ -289,8 +289,11 @@ WoIsa wo_isa() {
 // row, weights reread from L1); at and above, the transposed-activation bsr kernel.
 constexpr int64_t kTileMinRows = 16;
 // Dense-ish layers below this many rows run the rowdot kernel (int8 widened in registers); at
-// and above, the fp32 panel kernel (dequantizes a panel once, best register reuse).
-constexpr int64_t kPanelMinRows = 64;
+// and above, the fp32 panel kernel (dequantizes a panel once, best register reuse). Measured
+// crossover (768x3072 and 3072x768, 0%, one thread): AVX-512 rowdot 1.7x F.linear at M = 128
+// against the panel's 1.3-1.5x, the panel ahead from M = 512; AVX2 mixed at 128, panel at 512.
+int64_t panel_min_rows(WoIsa isa) { return isa == WoIsa::kAvx512 ? 256 : 64; }
+constexpr int64_t kRowdotBlockBytes = 128 * 1024;
 // Stored fraction of the blocks from which the dense tile (dense FMA count, best register
 // reuse) beats the sparse one (FMAs only for stored blocks, one load per FMA).
 constexpr int64_t kDenseMinPercent = 40;
@@ -346,7 +349,7 @@ bool is_denseish(const WoWeight& w) {
   return w.nnz * 100 >= kDenseMinPercent * w.n_row_blocks * w.n_col_blocks;
 }
 
-// Dense-ish layer, M < kPanelMinRows, AVX2/AVX-512.
+// Dense-ish layer, M < panel_min_rows, AVX2/AVX-512.
 bool run_rowdot(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool relu, float* out) {
   const BsrWeight w = as_bsr(p);
   const int64_t ld = w.n_col_blocks * w.col_block;
@@ -359,16 +362,26 @@ bool run_rowdot(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool re
     }
     x = padded;
   }
-  const WoRows a{x, M, kpad, w.K};
   const auto kernel = isa == WoIsa::kAvx512 ? wo_f32_rowdot_6x4_avx512 : wo_f32_rowdot_3x4_avx2;
+  // Blocks of input rows whose activations (about kRowdotBlockBytes) stay in L2 while every
+  // group of 4 weight rows passes over them; the weights are read once per block.
+  const int64_t mb = std::max<int64_t>(6, std::min<int64_t>(M, (kRowdotBlockBytes / 4) / kpad / 6 * 6));
+  const int64_t n_mblocks = (M + mb - 1) / mb, n_groups = (w.N + 3) / 4;
   std::atomic<bool> ok{true};
-  run_range((w.N + 3) / 4, M * kpad * 4, [&](int64_t b, int64_t e) {
-    if (!kernel(a, w, relu, out, b, e, grow(tls_rows8, 4 * kpad))) ok.store(false);
+  run_range(n_mblocks * n_groups, mb * kpad * 4, [&](int64_t b, int64_t e) {
+    int8_t* rows = grow(tls_rows8, 4 * kpad);
+    for (int64_t t = b; t < e;) {
+      const int64_t blk = t / n_groups, g = t % n_groups, g_end = std::min(n_groups, g + (e - t));
+      const int64_t m0 = blk * mb;
+      const WoRows a{x + m0 * kpad, std::min(mb, M - m0), kpad, w.K};
+      if (!kernel(a, w, relu, out + m0 * w.N, g, g_end, rows)) ok.store(false);
+      t += g_end - g;
+    }
   });
   return ok.load();
 }
 
-// AVX2/AVX-512 and M >= kTileMinRows (sparse) or kPanelMinRows (dense-ish). Returns false on
+// AVX2/AVX-512 and M >= kTileMinRows (sparse) or panel_min_rows (dense-ish). Returns false on
 // a bad block column index.
 bool run_tiled(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool relu, float* out) {
   const BsrWeight w = as_bsr(p);
@@ -459,7 +472,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
     if (isa == WoIsa::kGeneric) {
       ok = run_rows(isa, xp, M, w, relu, yp);
     } else if (is_denseish(w)) {
-      ok = M < kPanelMinRows ? run_rowdot(isa, xp, M, w, relu, yp) : run_tiled(isa, xp, M, w, relu, yp);
+      ok = M < panel_min_rows(isa) ? run_rowdot(isa, xp, M, w, relu, yp) : run_tiled(isa, xp, M, w, relu, yp);
     } else {
       ok = M < kTileMinRows ? run_rows(isa, xp, M, w, relu, yp) : run_tiled(isa, xp, M, w, relu, yp);
     }

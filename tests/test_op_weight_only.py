@@ -57,7 +57,7 @@ def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_cha
 # output rows and 8/16 lanes; the dense layout too.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 70), k=st.integers(1, 90), m=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 17, 40, 63, 64, 65, 130]),
+    n=st.integers(1, 70), k=st.integers(1, 90), m=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 17, 40, 63, 64, 65, 130, 257]),
     block=st.sampled_from([(1, 4), (1, 4), (1, 8), (2, 4), (4, 1), (3, 5), (1, 16)]),
     sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95]), layout=st.sampled_from(["sparse", "dense"]),
     bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16),
@@ -72,6 +72,16 @@ def test_tiled_kernels_match_reference(kernel, n, k, m, block, sparsity, layout,
         packed = random_packed(n, k, block, sparsity, bias=bias, seed=seed)[0]
     x = torch.randn(m, k, generator=g) * 3
     assert_close_to_reference(packed, x, relu)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_rowdot_blocks_of_input_rows(kernel, sparsity):
+    # Long rows: the rowdot kernel splits the input rows into blocks (kRowdotBlockBytes), here
+    # 12 rows, with a ragged last block, and a ragged K against the 16-float vectors.
+    packed = random_packed(37, 2003, (1, 4), sparsity, seed=9)[0]
+    x = torch.randn(41, 2003, generator=torch.Generator().manual_seed(2))
+    for relu in (False, True):
+        assert_close_to_reference(packed, x, relu)
 
 
 def test_kernels_agree_and_fit_fp32_linear():
