@@ -293,7 +293,7 @@ constexpr int64_t kTileMinRows = 16;
 // crossover (768x3072 and 3072x768, 0%, one thread): AVX-512 rowdot 1.7x F.linear at M = 128
 // against the panel's 1.3-1.5x, the panel ahead from M = 512; AVX2 mixed at 128, panel at 512.
 int64_t panel_min_rows(WoIsa isa) { return isa == WoIsa::kAvx512 ? 256 : 64; }
-constexpr int64_t kRowdotBlockBytes = 128 * 1024;
+constexpr int64_t kRowdotBlockBytes = 256 * 1024, kRowdotMinBlockRows = 36;
 // Stored fraction of the blocks from which the dense tile (dense FMA count, best register
 // reuse) beats the sparse one (FMAs only for stored blocks, one load per FMA).
 constexpr int64_t kDenseMinPercent = 40;
@@ -364,8 +364,11 @@ bool run_rowdot(WoIsa isa, const float* x, int64_t M, const WoWeight& p, bool re
   }
   const auto kernel = isa == WoIsa::kAvx512 ? wo_f32_rowdot_6x4_avx512 : wo_f32_rowdot_3x4_avx2;
   // Blocks of input rows whose activations (about kRowdotBlockBytes) stay in L2 while every
-  // group of 4 weight rows passes over them; the weights are read once per block.
-  const int64_t mb = std::max<int64_t>(6, std::min<int64_t>(M, (kRowdotBlockBytes / 4) / kpad / 6 * 6));
+  // group of 4 weight rows passes over them; the weights are read once per block, so a block
+  // holds at least kRowdotMinBlockRows rows (6-row blocks made 4096x4096 at M = 32 1.7x slower:
+  // 16 MB of weights read from memory per 6 rows).
+  const int64_t mb = std::min<int64_t>(
+      M, std::max<int64_t>(kRowdotMinBlockRows, (kRowdotBlockBytes / 4) / kpad / 6 * 6));
   const int64_t n_mblocks = (M + mb - 1) / mb, n_groups = (w.N + 3) / 4;
   std::atomic<bool> ok{true};
   run_range(n_mblocks * n_groups, mb * kpad * 4, [&](int64_t b, int64_t e) {

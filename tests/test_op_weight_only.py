@@ -76,10 +76,11 @@ def test_tiled_kernels_match_reference(kernel, n, k, m, block, sparsity, layout,
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3])
 def test_rowdot_blocks_of_input_rows(kernel, sparsity):
-    # Long rows: the rowdot kernel splits the input rows into blocks (kRowdotBlockBytes), here
-    # 12 rows, with a ragged last block, and a ragged K against the 16-float vectors.
+    # Long rows: the rowdot kernel splits the input rows into blocks (kRowdotBlockBytes,
+    # kRowdotMinBlockRows), here of 36 rows, with a ragged last block, and a ragged K against
+    # the 16-float vectors.
     packed = random_packed(37, 2003, (1, 4), sparsity, seed=9)[0]
-    x = torch.randn(41, 2003, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(77, 2003, generator=torch.Generator().manual_seed(2))
     for relu in (False, True):
         assert_close_to_reference(packed, x, relu)
 
