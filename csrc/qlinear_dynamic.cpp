@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "empty_cpu.h"
 #include "packed_checks.h"
 
 namespace sqfx {
@@ -140,7 +141,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
-  Tensor out = torch::stable::empty(out_shape, ScalarType::Float);
+  Tensor out = empty_cpu_float(out_shape);
   // (tiled: rows a crafted row_perm leaves unnamed read as 0, see check_tiled)
   if (w.tiled && M * w.N > 0)  // (an empty tensor's data pointer may be null)
     std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));

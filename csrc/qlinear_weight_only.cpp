@@ -21,12 +21,16 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include "kernels/kernels.h"
+#include "kernels/parallel.h"
+#include "empty_cpu.h"
 #include "packed_checks.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -198,6 +202,62 @@ SQFX_WO_AVX2 bool wo_avx2_impl(const Rows& a, const WoWeight& w, const Index* co
 
 #endif
 
+// True if some x[k], k < K, is NaN or +-Inf (exponent all ones). Integer test: vectorizes.
+bool row_has_nonfinite(const float* x, int64_t K) {
+  uint32_t any = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint32_t bits;
+    std::memcpy(&bits, x + k, 4);
+    any |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return any != 0;
+}
+
+// The kernels skip pruned blocks; the reference multiplies every x[k] by its weight, zero or
+// not, so a NaN or Inf x[k] under a pruned block makes y[n] NaN (NaN * 0, Inf * 0). Stored
+// blocks propagate it already (their zero weights multiply too). For each row holding a
+// non-finite value: a row block whose stored blocks miss one of its non-finite block columns
+// gets NaN outputs. O(M K) scan; O(nnz) per non-finite row, which is the rare case.
+template <typename Index>
+void propagate_nonfinite(const Rows& a, const WoWeight& w, const Index* col_idx, float* out) {
+  std::vector<int64_t> bad_cols;    // distinct non-finite block columns of the row
+  std::vector<int64_t> stamp;       // stamp[col]: (row tag) if bad, (row block tag) once counted
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ld;
+    if (!row_has_nonfinite(x, w.K)) continue;
+    if (stamp.empty()) stamp.assign(static_cast<size_t>(w.n_col_blocks), -1);
+    const int64_t row_tag = -2 - m;  // negative: never a row block tag
+    bad_cols.clear();
+    for (int64_t k = 0; k < w.K; ++k) {
+      if (std::isfinite(x[k])) continue;
+      const int64_t col = k / w.col_block;
+      if (stamp[col] != row_tag) {
+        stamp[col] = row_tag;
+        bad_cols.push_back(col);
+      }
+    }
+    const int64_t n_bad = static_cast<int64_t>(bad_cols.size());
+    for (int64_t i = 0; i < w.n_row_blocks; ++i) {
+      int64_t covered = 0;
+      for (int64_t j = w.row_ptr[i]; j < w.row_ptr[i + 1]; ++j) {
+        const int64_t col = static_cast<int64_t>(col_idx[j]);  // range-checked by the kernels
+        if (stamp[col] == row_tag) {
+          stamp[col] = i;  // counted for row block i (duplicates count once)
+          ++covered;
+        }
+      }
+      for (int64_t j = w.row_ptr[i]; j < w.row_ptr[i + 1]; ++j) {
+        const int64_t col = static_cast<int64_t>(col_idx[j]);
+        if (stamp[col] == i) stamp[col] = row_tag;  // restore for the next row block
+      }
+      if (covered == n_bad) continue;
+      for (int64_t n = i * w.row_block; n < std::min(w.N, (i + 1) * w.row_block); ++n) {
+        out[m * w.N + n] = std::numeric_limits<float>::quiet_NaN();
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // Entry points of the kernel table (dispatch.cpp: f32_qc8w_* rows).
@@ -225,33 +285,44 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
   Tensor x = check_input(kOp, input, p, &M);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
-  Tensor out = torch::stable::empty({M, w.N}, ScalarType::Float);
+  // The final shape right away: a reshape afterwards would be one more dispatcher call.
+  Tensor out = empty_cpu_float(out_shape);
   if (M > 0 && w.N > 0) {
-    // A last block column that runs past in_features reads zero padding, never past the row.
-    const int64_t ld = w.n_col_blocks * w.col_block;
-    std::vector<float> padded;
-    Rows a{x.const_data_ptr<float>(), M, w.K};
-    if (ld != w.K) {
-      padded.assign(static_cast<size_t>(M * ld), 0.0f);
-      for (int64_t m = 0; m < M; ++m) {
-        std::memcpy(padded.data() + m * ld, a.x + m * w.K, sizeof(float) * w.K);
-      }
-      a = Rows{padded.data(), M, ld};
-    }
+    const float* xp = x.const_data_ptr<float>();
     float* yp = out.mutable_data_ptr<float>();
     // Kernel choice: the table in csrc/kernels/dispatch.cpp (force_isa reaches it).
     const KernelEntry& kernel = select_kernel(Op::kWeightOnly, current_isa(), w, M);
-    std::atomic<bool> ok{true};
-    const int64_t work_per_rb =
-        std::max<int64_t>(1, M * (nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block);
-    torch::stable::parallel_for(
-        0, w.n_row_blocks, std::max<int64_t>(1, 32768 / work_per_rb), [&](int64_t b, int64_t e) {
-          if (!kernel.fp(a, w, yp, relu, b, e)) ok.store(false);
-        });
-    SQFX_CHECK(ok.load(), kOp, ": col_idx holds a block column index outside [0, ",
-                    w.n_col_blocks, ")");
+    bool ok;
+    if (kernel.call) {
+      ok = kernel.call(xp, M, w, relu, yp);
+    } else {
+      // Row kernels: rows padded to whole blocks, so a last block column that runs past
+      // in_features reads zero padding, never past the row.
+      const int64_t ld = w.n_col_blocks * w.col_block;
+      std::vector<float> padded;
+      Rows a{xp, M, w.K};
+      if (ld != w.K) {
+        padded.assign(static_cast<size_t>(M * ld), 0.0f);
+        for (int64_t m = 0; m < M; ++m) std::memcpy(padded.data() + m * ld, xp + m * w.K, sizeof(float) * w.K);
+        a = Rows{padded.data(), M, ld};
+      }
+      std::atomic<bool> good{true};
+      const int64_t work_per_rb =
+          M * std::max<int64_t>(1, nnz / std::max<int64_t>(1, w.n_row_blocks)) * w.row_block * w.col_block;
+      run_range(w.n_row_blocks, work_per_rb, [&](int64_t b, int64_t e) {
+        if (!kernel.fp(a, w, yp, relu, b, e)) good.store(false);
+      });
+      ok = good.load();
+    }
+    SQFX_CHECK(ok, kOp, ": col_idx holds a block column index outside [0, ", w.n_col_blocks, ")");
+    const Rows rows{xp, M, w.K};
+    if (w.col_idx_16) {
+      propagate_nonfinite(rows, w, static_cast<const int16_t*>(w.col_idx), yp);
+    } else {
+      propagate_nonfinite(rows, w, static_cast<const int32_t*>(w.col_idx), yp);
+    }
   }
-  return torch::stable::reshape(out, out_shape);
+  return out;
 }
 
 }  // namespace sqfx

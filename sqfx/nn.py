@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .config import ACT_MODES
+from . import ops as _ops  # noqa: F401  (registers torch.ops.sqfx before the op handles below)
 from .format import FORMAT_VERSION, PackedFormatError, PackedLinear, pack, validate_packed
 
 
@@ -16,6 +17,15 @@ def _check_act_mode(act_mode) -> str:
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_QLINEAR_DYNAMIC = torch.ops.sqfx.qlinear_dynamic.default
+_QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
+_is_compiling = torch.compiler.is_compiling
+_inference_mode = torch.is_inference_mode_enabled
+# An OpOverload's C++ callable, without OpOverload.__call__'s Python frame (the same dispatcher
+# entry; falls back to the OpOverload itself should torch rename the attribute).
+_UNBOXED = {op: getattr(op, "_op", op) for op in (_QLINEAR_DYNAMIC, _QLINEAR_WEIGHT_ONLY)}
+_unboxed = _UNBOXED.__getitem__
 # Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
 # as in torch.ao's quantized linears.
 _BUFFER = {"values": "values", "row_ptr": "row_ptr", "col_idx": "col_idx", "w_scale": "w_scale",
@@ -71,23 +81,45 @@ class SparseQuantLinear(nn.Module):
         return cls(packed, relu=relu or fused, act_mode=act_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dtype not in _FLOAT_DTYPES:
+        if input.dtype is not torch.float32 and input.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"SparseQuantLinear expects a floating point input, got {input.dtype}")
-        if input.device.type != "cpu":
+        if not input.is_cpu:
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
-        if self.values.device.type != "cpu":
+        # Eager calls read the buffers from the dict (Module.__getattr__ is slow) and skip the
+        # op's autograd kernel when nothing needs a gradient: that kernel only refuses backward
+        # (sqfx/ops.py), and it is a Python function, most of a small layer's fixed cost.
+        # Traced calls (torch.compile, torch.export) take the plain path the tracers know.
+        buffers = self.__dict__["_buffers"] if not _is_compiling() else None
+        if buffers is None:
+            values, w_scale, bias = self.values, self.w_scale, self.fp32_bias
+            row_ptr, col_idx, w_sum = self.row_ptr, self.col_idx, self.w_sum
+        else:
+            values, w_scale, bias = buffers["values"], buffers["w_scale"], buffers["fp32_bias"]
+            row_ptr, col_idx, w_sum = buffers["row_ptr"], buffers["col_idx"], buffers["w_sum"]
+        if not values.is_cpu:
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; its packed weight is on "
-                               f"{self.values.device}: move the module back with .cpu()")
-        x = input if input.dtype == torch.float32 else input.float()
+                               f"{values.device}: move the module back with .cpu()")
+        x = input if input.dtype is torch.float32 else input.float()
         if self.act_mode == "weight_only":
-            y = torch.ops.sqfx.qlinear_weight_only(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
-                                                   self.fp32_bias, self.in_features, self.relu)
-            return y if input.dtype == torch.float32 else y.to(input.dtype)
-        y = torch.ops.sqfx.qlinear_dynamic(x, self.values, self.row_ptr, self.col_idx, self.w_scale,
-                                           self.w_sum, self.fp32_bias, self.in_features, self.relu,
-                                           self.tiled_tile_ptr, self.tiled_step_col, self.tiled_slot_w,
-                                           self.tiled_slot_idx, self.tiled_row_perm)
-        return y if input.dtype == torch.float32 else y.to(input.dtype)
+            op, args = _QLINEAR_WEIGHT_ONLY, (x, values, row_ptr, col_idx, w_scale, bias, self.in_features,
+                                              self.relu)
+        else:
+            if buffers is None:
+                tiled = (self.tiled_tile_ptr, self.tiled_step_col, self.tiled_slot_w, self.tiled_slot_idx,
+                         self.tiled_row_perm)
+            else:
+                tiled = (buffers["tiled_tile_ptr"], buffers["tiled_step_col"], buffers["tiled_slot_w"],
+                         buffers["tiled_slot_idx"], buffers["tiled_row_perm"])
+            op, args = _QLINEAR_DYNAMIC, (x, values, row_ptr, col_idx, w_scale, w_sum, bias, self.in_features,
+                                          self.relu, *tiled)
+        if buffers is None or x.requires_grad or w_scale.requires_grad or (bias is not None and bias.requires_grad):
+            y = op(*args)
+        elif _inference_mode():  # autograd is off already
+            y = _unboxed(op)(*args)
+        else:
+            with _BelowAutograd():
+                y = _unboxed(op)(*args)
+        return y if input.dtype is torch.float32 else y.to(input.dtype)
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(torch.bfloat16) must not cast the packed buffers: they are a

@@ -2,7 +2,7 @@
 
 `sqfx::qlinear_dynamic(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu)`
 is defined in C++ (csrc/qlinear_dynamic.cpp). Here it gets a fake (meta) kernel, so
-`torch.compile` and `torch.export` can trace it, and an autograd formula that refuses
+`torch.compile` and `torch.export` can trace it, and an Autograd kernel that refuses
 backward: the op is for inference only.
 """
 from __future__ import annotations
@@ -58,13 +58,45 @@ def _check_and_shape(op: str, input, values, row_ptr, col_idx, w_scale, bias, in
     return input.new_empty((*input.shape[:-1], w_scale.shape[0]))
 
 
-def _refuse_backward(op: str):
-    def backward(ctx, grad):
-        raise RuntimeError(
-            f"sqfx.{op} is inference-only: it has no backward. Run the converted model under "
-            "torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
-        )
-    return backward
+_LIB = torch.library.Library("sqfx", "IMPL")  # noqa: TOR901 (kept alive for the registrations below)
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+
+
+def _register_inference_only(name: str) -> None:
+    """The op's Autograd kernel: runs the op below autograd, and when some input needs a gradient
+    returns an output whose backward raises (the op is for inference only).
+
+    Written here rather than with torch.library.register_autograd, whose generic Python kernel
+    costs several microseconds per call even when nothing needs a gradient: most of the fixed cost
+    of a small layer (issue 10). This one does the same two things with less Python."""
+    op = getattr(torch.ops.sqfx, name).default
+
+    class Refuse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, keyset, *args):
+            with _BelowAutograd():
+                return op.redispatch(keyset, *args)
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError(
+                f"sqfx.{name} is inference-only: it has no backward. Run the converted model under "
+                "torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
+            )
+
+    Refuse.__name__ = Refuse.__qualname__ = f"InferenceOnly_{name}"
+    grad_enabled, any_requires_grad = torch._C.is_grad_enabled, torch._C._any_requires_grad
+
+    def autograd_kernel(keyset, *args):
+        keyset = keyset & _AFTER_AUTOGRAD
+        if grad_enabled() and any_requires_grad(*args):
+            return Refuse.apply(keyset, *args)
+        # No guard needed (it costs a microsecond): the keyset skips autograd for this op, and
+        # its kernels call no differentiable op on the inputs.
+        return op.redispatch(keyset, *args)
+
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
 
 
 @torch.library.register_fake("sqfx::qlinear_dynamic")
@@ -76,7 +108,7 @@ def _qlinear_dynamic_fake(input, values, row_ptr, col_idx, w_scale, w_sum, bias,
     return _check_and_shape("qlinear_dynamic", input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum)
 
 
-torch.library.register_autograd("sqfx::qlinear_dynamic", _refuse_backward("qlinear_dynamic"))
+_register_inference_only("qlinear_dynamic")
 
 
 def qlinear_dynamic(
@@ -104,7 +136,7 @@ def _qlinear_weight_only_fake(input, values, row_ptr, col_idx, w_scale, bias, in
     return _check_and_shape("qlinear_weight_only", input, values, row_ptr, col_idx, w_scale, bias, in_features)
 
 
-torch.library.register_autograd("sqfx::qlinear_weight_only", _refuse_backward("qlinear_weight_only"))
+_register_inference_only("qlinear_weight_only")
 
 
 def qlinear_weight_only(

@@ -123,3 +123,27 @@ def test_integer_input_rejected():
 def test_from_float_rejects_other_modules():
     with pytest.raises(TypeError, match="nn.Linear"):
         sqfx.SparseQuantLinear.from_float(nn.Conv1d(2, 2, 1))
+
+
+@pytest.mark.parametrize("act_mode", ["dynamic_int8", "weight_only"])
+def test_forward_same_in_every_autograd_mode(act_mode):
+    # The eager forward skips the op's autograd kernel when nothing needs a gradient (fixed cost):
+    # the same values in every mode, and a gradient-requiring input or buffer still gets an output
+    # whose backward is refused.
+    layer = sqfx.SparseQuantLinear.from_float(nn.Linear(24, 12), act_mode=act_mode)
+    x = torch.randn(3, 24)
+    want = layer(x)
+    assert not want.requires_grad
+    with torch.no_grad():
+        assert torch.equal(layer(x), want)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), want)
+    for needs_grad in ("input", "bias"):
+        if needs_grad == "bias":
+            layer.fp32_bias.requires_grad_(True)
+            y = layer(x)
+        else:
+            y = layer(x.clone().requires_grad_(True))
+        assert y.requires_grad and torch.equal(y.detach(), want)
+        with pytest.raises(RuntimeError, match="inference-only"):
+            y.sum().backward()

@@ -31,14 +31,14 @@ def assert_close_to_reference(packed, x, relu):
     assert bool(((got - want).abs() <= tol).all()), float(((got - want).abs() - tol).max())
 
 
-@pytest.fixture(params=["auto", "generic"])
+@pytest.fixture(params=sqfx.ops.available_isas())
 def kernel(request):
-    # force_isa reaches the weight-only kernels through the op's kernel table.
+    """Every ISA path this CPU has (sqfx.ops.force_isa reaches the weight-only kernels too)."""
     with sqfx.ops.force_isa(request.param):
         yield request.param
 
 
-# The kernel fixture only forces an ISA, the same for every generated input.
+# The kernel fixture forces one ISA for the whole test, the same for every generated input.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 40), k=st.integers(1, 70), m=st.integers(0, 9),
@@ -52,7 +52,40 @@ def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_cha
     assert_close_to_reference(packed, x, relu)
 
 
-def test_kernels_agree_and_fit_fp32_linear(monkeypatch):
+# Every tiled kernel: rowdot (dense-ish, M < 64), fp32 panel (dense-ish, M >= 64), transposed
+# bsr (sparse, M >= 16), with ragged M, N and K tails against the tiles' 3/6/12 rows, 4/16/32
+# output rows and 8/16 lanes; the dense layout too.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 70), k=st.integers(1, 90), m=st.sampled_from([1, 2, 3, 5, 7, 13, 16, 17, 40, 63, 64, 65, 130, 257]),
+    block=st.sampled_from([(1, 4), (1, 4), (1, 8), (2, 4), (4, 1), (3, 5), (1, 16)]),
+    sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95]), layout=st.sampled_from(["sparse", "dense"]),
+    bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_tiled_kernels_match_reference(kernel, n, k, m, block, sparsity, layout, bias, relu, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g)
+    if layout == "dense":
+        packed = sqfx.pack(weight, block=(1, 4), bias=torch.randn(n, generator=g) if bias else None,
+                           layout="dense")
+    else:
+        packed = random_packed(n, k, block, sparsity, bias=bias, seed=seed)[0]
+    x = torch.randn(m, k, generator=g) * 3
+    assert_close_to_reference(packed, x, relu)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_rowdot_blocks_of_input_rows(kernel, sparsity):
+    # Long rows: the rowdot kernel splits the input rows into blocks (kRowdotBlockBytes,
+    # kRowdotMinBlockRows), here of 36 rows, with a ragged last block, and a ragged K against
+    # the 16-float vectors.
+    packed = random_packed(37, 2003, (1, 4), sparsity, seed=9)[0]
+    x = torch.randn(77, 2003, generator=torch.Generator().manual_seed(2))
+    for relu in (False, True):
+        assert_close_to_reference(packed, x, relu)
+
+
+def test_kernels_agree_and_fit_fp32_linear():
     packed, weight, mask = random_packed(96, 200, (1, 4), 0.7, seed=1)
     x = torch.randn(2, 5, 200)
     auto = call_wo(packed, x)
@@ -81,7 +114,45 @@ def test_nan_and_inf_propagate(kernel):
     assert bool(y[1].isnan().all()) and bool(y[[0, 2]].isfinite().all())
 
 
-def test_noncontiguous_input():
+def assert_same_nonfinite(got, want):
+    """Equal NaN and +-Inf positions (and signs), finite entries within the float tolerance."""
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.isposinf(), want.isposinf()) and torch.equal(got.isneginf(), want.isneginf())
+
+
+@pytest.mark.parametrize("block,sparsity", [((1, 4), 0.5), ((1, 4), 0.9), ((2, 4), 0.7), ((3, 5), 0.6),
+                                            ((1, 4), 0.0)])
+@pytest.mark.parametrize("m", [1, 3, 20, 70])
+def test_nonfinite_rows_match_reference_when_sparse(kernel, block, sparsity, m):
+    # Regression: the kernels skip pruned blocks, so a NaN or Inf under a pruned block gave finite
+    # outputs; the reference (a dense matmul) gives NaN (NaN * w, Inf * 0) or +-Inf there.
+    packed = random_packed(24, 40, block, sparsity, seed=7)[0]
+    x = torch.randn(m, 40, generator=torch.Generator().manual_seed(1))
+    x[0, 5] = float("nan")
+    if m > 1:
+        x[1, 33] = float("inf")
+        x[m - 1, [2, 17]] = torch.tensor([float("-inf"), float("inf")])
+    for relu in (False, True):
+        got, want = call_wo(packed, x, relu), reference_wo(packed, x, relu)
+        assert_same_nonfinite(got, want)
+        assert bool(got[0].isnan().all())
+        finite = want.isfinite()
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.8])
+@pytest.mark.parametrize("m", [2, 20, 70])
+@pytest.mark.parametrize("bad", [-1, 1000])
+def test_bad_col_idx_raises_on_every_kernel(kernel, sparsity, m, bad):
+    packed = random_packed(20, 48, (1, 4), sparsity, seed=8)[0]
+    col_idx = packed.col_idx.clone()
+    col_idx[len(col_idx) // 2] = bad
+    with pytest.raises(RuntimeError, match="block column index outside"):
+        torch.ops.sqfx.qlinear_weight_only(torch.randn(m, 48), packed.values, packed.row_ptr, col_idx,
+                                           packed.w_scale, packed.bias, 48, False)
+
+
+def test_noncontiguous_input(kernel):
     packed = random_packed(12, 20, (2, 4), 0.3, seed=4)[0]
     x = torch.randn(20, 6).T  # 6 x 20, not contiguous
     torch.testing.assert_close(call_wo(packed, x), call_wo(packed, x.contiguous()), rtol=0, atol=0)
@@ -176,3 +247,28 @@ def test_compiles_fullgraph_dynamic():
     for m in (3, 5):
         x = torch.randn(m, 24)
         torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("m", [1, 7, 300])  # rowdot, and the fp32 panel from M = 256 (AVX-512) / 64 (AVX2)
+@pytest.mark.parametrize("block", [(1, 4), (2, 4)])
+def test_repeated_block_columns_add_on_every_kernel(kernel, m, block):
+    # A crafted weight (only sqfx.load checks the column order) may store a block column twice in
+    # a row block: the op still means the sum of the stored blocks, as the reference computes.
+    # 60 output rows x 5 block columns, every block stored: the mostly-dense kernels run.
+    packed = random_packed(60, 20, block, 0.0, seed=4)[0]
+    col_idx = packed.col_idx.clone()
+    col_idx[1] = col_idx[0]  # row block 0: columns 0, 0, 2, ...
+    col_idx[7] = col_idx[8]  # row block 1: ..., 3, 3
+    packed.col_idx = col_idx
+    x = torch.randn(m, 20, generator=torch.Generator().manual_seed(5))
+    rb, cb = block
+    dense = torch.zeros(60, 20, dtype=torch.float64)  # the blocks scattered with accumulate
+    block_row = torch.repeat_interleave(torch.arange(60 // rb), (packed.row_ptr[1:] - packed.row_ptr[:-1]).long())
+    for j in range(packed.nnz_blocks):
+        r0, c0 = int(block_row[j]) * rb, int(col_idx[j]) * cb
+        dense[r0:r0 + rb, c0:c0 + cb] += packed.values[j].double()
+    want = (x.double() @ dense.T) * packed.w_scale.double() + (0 if packed.bias is None else packed.bias.double())
+    got = call_wo(packed, x)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    expected_kernel = packed.kernel_for(m, "qlinear_weight_only")
+    assert "rowdot" in expected_kernel or "dense" in expected_kernel or kernel == "generic", expected_kernel

@@ -40,6 +40,8 @@
 
 #include "../check.h"
 #include "kernels.h"
+#include "parallel.h"
+#include "wo_kernels.h"
 
 namespace sqfx {
 namespace {
@@ -51,8 +53,10 @@ constexpr int64_t kPanelMinRows = 4;
 // at M = 12 the VNNI tiled kernel is 0.91-1.32x the panel one, at M = 8 1.05-1.81x).
 constexpr int64_t kTiledMaxRowsVnni = 8;
 constexpr int64_t kTiledMaxRowsAvx2 = 3;
+// Weight-only: mostly dense layers run the fp32 panel kernel from these M on;
+// mostly sparse ones the transposed-activation tiles from kWoTileMinRows on.
+constexpr int64_t kWoPanelMinRowsVnni = 256, kWoPanelMinRowsAvx2 = 64, kWoTileMinRows = 16;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
-constexpr int64_t kMinParallelWork = 1 << 17;
 // Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
 // ISA is forced: force_isa selects our own kernels of that ISA).
 constexpr int64_t kOnednnMinRows = 16;
@@ -123,6 +127,18 @@ const KernelEntry kTable[] = {
     {"qd8_bsr1x4_gemm32x1__avx2",          D, Isa::kAvx2,       BlockRule::k1x4,  Layout::kSparse, kGemmMinRows, kNoLimit,     true, nullptr, gemm_1x4_32x1_avx2, nullptr, kGemmChunkRows, gemm_1x4_enabled},
     {"qd8_bsr1x4c_panel8__avx2",           D, Isa::kAvx2,       BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx2, nullptr},
     {"qd8_bsr8x1_rows8__avx2",             D, Isa::kAvx2,       BlockRule::k8x1,  Layout::kAny,    1, kNoLimit,                true, bsr_8x1_avx2, nullptr, nullptr},
+    // Weight-only: AVX-512 rows need only AVX-512F/BW/VL, which every avx512vnni CPU has.
+    // Mostly dense: rowdot (int8 widened in registers) below, the fp32 panel from the
+    // measured crossover up (768x3072 and 3072x768 at 0%: the AVX-512 panel ahead from M =
+    // 512, AVX2's from 64-128). Mostly sparse: the per-row kernel below 16 rows, then the
+    // transposed-activation tiles; AVX-512 CPUs run the 32-row AVX2 tile up to M = 32 (a
+    // half-empty 64-row tile was slower: 768x3072 80%, 0.87 ms against 0.65 ms at M = 16-32).
+    {"f32_qc8w_rowdot6x4__avx512vnni",     W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  1, kWoPanelMinRowsVnni - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_6x4_avx512},
+    {"f32_qc8w_dense12x32__avx512vnni",    W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsVnni, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_dense_12x32_avx512},
+    {"f32_qc8w_bsr_m64__avx512vnni",       W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlySparse, kWoBsrMt256 + 1, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_bsr_m64_avx512},
+    {"f32_qc8w_rowdot3x4__avx2",           W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlyDense,  1, kWoPanelMinRowsAvx2 - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_3x4_avx2},
+    {"f32_qc8w_dense6x16__avx2",           W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsAvx2, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_dense_6x16_avx2},
+    {"f32_qc8w_bsr_m32__avx2",             W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlySparse, kWoTileMinRows, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_bsr_m32_avx2},
     {"f32_qc8w_bsr__avx2",                 W, Isa::kAvx2,       BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, nullptr, nullptr, wo_avx2},
 #endif
     {"qd8_bsr__scalar",                    D, Isa::kGeneric,    BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, bsr_generic, nullptr, nullptr},
@@ -170,26 +186,6 @@ struct ReleaseLargeScratch {
     if (tls.q.capacity() + 8 * tls.scale.capacity() > kKeepScratchBytes) tls = Scratch{};
   }
 };
-
-template <typename T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
-// Runs f(begin, end) over [0, n): inline when the work is small or there is
-// one thread, else split across torch's intra-op pool.
-template <typename F>
-void run_range(int64_t n, int64_t work_per_item, const F& f) {
-  if (n <= 0) return;
-  work_per_item = std::max<int64_t>(1, work_per_item);
-  if (n < 2 || n * work_per_item < kMinParallelWork || torch::stable::get_num_threads() < 2) {
-    f(0, n);
-    return;
-  }
-  const int64_t grain = std::max<int64_t>(1, (kMinParallelWork / 4) / work_per_item);
-  torch::stable::parallel_for(0, n, grain, f);
-}
 
 // Activation quantizers: the vectorized ones wherever a fast ISA runs (also in
 // front of the portable kernel), bit-identical to the portable one.
@@ -246,6 +242,7 @@ const KernelEntry* kernel_table(int* count) {
 const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) {
   const bool int32_ok = w.n_col_blocks * w.col_block <= kMaxInt32InFeatures;
   const bool dense = is_dense_layout(w);
+  const bool mostly_dense = w.nnz * 100 >= kDenseMinPercent * w.n_row_blocks * w.n_col_blocks;
   const int64_t m = std::max<int64_t>(M, 1);  // M = 0 reports the M = 1 kernel (nothing runs)
   const KernelEntry* last = nullptr;
   for (const KernelEntry& e : kTable) {
@@ -257,6 +254,8 @@ const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) 
     if (e.layout == Layout::kDense && !dense) continue;
     if (e.layout == Layout::kSparse && dense) continue;
     if (e.layout == Layout::kTiled && w.tiled == nullptr) continue;
+    if (e.layout == Layout::kMostlyDense && !mostly_dense) continue;
+    if (e.layout == Layout::kMostlySparse && mostly_dense) continue;
     if (m < e.m_min || m > e.m_max) continue;
     if (e.usable != nullptr && !e.usable()) continue;
     return e;

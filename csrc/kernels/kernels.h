@@ -219,8 +219,13 @@ enum class Layout : int {
   kSparse,  // any BSR weight that is not the dense layout
   kDense,   // pack(layout="dense"): one 1 x K_pad block per row, row_ptr the identity
   kTiled,   // the call carries the small-M tiled layout (w.tiled) of a 1x4 weight
+  kMostlyDense,   // at least kDenseMinPercent of the blocks stored (the dense layout too)
+  kMostlySparse,  // fewer
   kAny,
 };
+// Stored fraction of the blocks from which the weight-only dense tiles (dense FMA
+// count, best register reuse) beat the sparse ones (FMAs only for stored blocks).
+constexpr int64_t kDenseMinPercent = 40;
 
 struct KernelEntry {
   const char* name;
@@ -237,6 +242,14 @@ struct KernelEntry {
   bool (*usable)();      // optional run-time condition (a probe, an env switch)
   CallKernel call;       // runs the whole call itself (its own quantizer and scratch)
 };
+
+// Weight-only drivers (wo_drivers_x86.cpp): the `call` of the f32_qc8w_* tiled rows.
+bool wo_call_rowdot_6x4_avx512(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool wo_call_rowdot_3x4_avx2(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool wo_call_dense_12x32_avx512(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool wo_call_dense_6x16_avx2(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool wo_call_bsr_m64_avx512(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool wo_call_bsr_m32_avx2(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
 
 // The row of the table that serves this call (never null: the generic kernels
 // match everything).

@@ -1,0 +1,11 @@
+// AVX2 + FMA weight-only sparse kernel (wo_kernels.h): one output row x 32 input rows, 4 ymm accumulators.
+#include "wo_f32_vec_avx2.h"
+
+namespace sqfx {
+
+bool wo_f32_bsr_m32_avx2(const float* xT, int64_t m0, int64_t rows, const BsrWeight& w, bool relu,
+                         float* out, int64_t rb_begin, int64_t rb_end, float* wbuf) {
+  return bsr_entry<V256, kWoBsrMt256>(xT, m0, rows, w, relu, out, rb_begin, rb_end, wbuf);
+}
+
+}  // namespace sqfx
