@@ -17,23 +17,21 @@ def random_weight(out_features: int, in_features: int, seed: int) -> tuple[torch
 
 
 def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block=BLOCK) -> torch.Tensor:
-    """Element mask (bool, weight's shape) keeping the (1 - sparsity) blocks of largest L1 norm.
+    """Element mask (bool, weight's shape) keeping the (1 - sparsity) blocks of largest L1 norm:
+    sqfx's own magnitude pruning (sqfx.lowering.block_magnitude_mask), expanded to elements.
 
-    Blocks are row_block x col_block tiles; the layer's width must be a multiple of col_block
-    (all benchmark shapes are) so every block is whole.
+    The layer's width must be a multiple of col_block (all benchmark shapes are), so every
+    block is whole.
     """
+    from sqfx.lowering import block_magnitude_mask as library_mask
+
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     rb, cb = block
     n, k = weight.shape
     if n % rb or k % cb:
         raise ValueError(f"shape {n}x{k} is not a whole number of {rb}x{cb} blocks")
-    norms = weight.abs().reshape(n // rb, rb, k // cb, cb).sum(dim=(1, 3)).flatten()
-    n_drop = int(round(sparsity * norms.numel()))
-    keep = torch.ones(norms.numel(), dtype=torch.bool)
-    if n_drop:
-        keep[torch.argsort(norms, stable=True)[:n_drop]] = False
-    keep = keep.reshape(n // rb, k // cb)
+    keep = library_mask(weight, block, sparsity, "l1")
     return keep.repeat_interleave(rb, dim=0).repeat_interleave(cb, dim=1)
 
 

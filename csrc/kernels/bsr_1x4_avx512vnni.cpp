@@ -172,24 +172,6 @@ SQFX_VNNI bool rows_wide(const QuantizedRows& a, const BsrWeight& w, const Index
   return ok;
 }
 
-// m-direction epilogue for 16 input rows (see epilogue_m8).
-SQFX_VNNI inline void epilogue_m16(__m512i acc, const int32_t* zp, const float* a_scale,
-                                   const BsrWeight& w, int64_t n, int64_t count,
-                                   bool relu, float* dst) {
-  __m512i corr = _mm512_sub_epi32(
-      acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(w.w_sum[n])));
-  __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(w.w_scale[n]));
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
-  if (w.bias) v = _mm512_add_ps(v, _mm512_set1_ps(w.bias[n]));
-  if (relu) {
-    __m512 zero = _mm512_setzero_ps();
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
-  }
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  for (int64_t l = 0; l < count; ++l) dst[l * x86::kTileN] = t[l];
-}
-
 template <typename Index, int U>
 SQFX_VNNI bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
                           int64_t rows, const BsrWeight& w, const Index* col_idx,
@@ -229,7 +211,7 @@ SQFX_VNNI bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
     const int64_t r = ms + 16 * u;
     if (r >= rows) break;
     const int64_t count = rows - r < 16 ? rows - r : 16;
-    epilogue_m16(acc[u], a.zp + m0 + r, a.scale + m0 + r, w, n, count, relu,
+    x86::store_m16_avx512(acc[u], a.zp + m0 + r, a.scale + m0 + r, w, n, count, relu,
                  tile + r * kTileN + (n - n_tile));
   }
   return ok;

@@ -19,23 +19,6 @@ namespace {
 
 #define SQFX_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-SQFX_VNNI inline void store_m16(__m512i acc, const int32_t* zp, const float* a_scale,
-                                const BsrWeight& w, int64_t n, int64_t count, bool relu,
-                                float* dst) {
-  __m512i corr = _mm512_sub_epi32(
-      acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(w.w_sum[n])));
-  __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(w.w_scale[n]));
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
-  if (w.bias) v = _mm512_add_ps(v, _mm512_set1_ps(w.bias[n]));
-  if (relu) {
-    __m512 zero = _mm512_setzero_ps();
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
-  }
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  for (int64_t l = 0; l < count; ++l) dst[l * x86::kTileN] = t[l];
-}
-
 // NR output rows (n0..) x U vectors of 16 input rows (ms..) of one chunk.
 template <int NR, int U>
 SQFX_VNNI void micro_tile(const PanelRows& a, const uint8_t* panel, int64_t m0, int64_t rows,
@@ -61,7 +44,7 @@ SQFX_VNNI void micro_tile(const PanelRows& a, const uint8_t* panel, int64_t m0, 
       const int64_t row = ms + 16 * u;
       if (row >= rows) break;
       const int64_t count = rows - row < 16 ? rows - row : 16;
-      store_m16(acc[r][u], a.zp + m0 + row, a.scale + m0 + row, w, n0 + r, count, relu,
+      x86::store_m16_avx512(acc[r][u], a.zp + m0 + row, a.scale + m0 + row, w, n0 + r, count, relu,
                 tile + row * x86::kTileN + (n0 + r - n_tile));
     }
   }

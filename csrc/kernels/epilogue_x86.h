@@ -175,6 +175,15 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline __m512 epil
   return v;
 }
 
+// As epilogue_m16_avx512; writes dst[l * kTileN] for l < count (a column of a tile).
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void store_m16_avx512(
+    __m512i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
+    int64_t count, bool relu, float* dst) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, epilogue_m16_avx512(acc, zp, a_scale, w, n, relu));
+  for (int64_t l = 0; l < count; ++l) dst[l * kTileN] = t[l];
+}
+
 // dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block.
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transpose16x16(
     const float* src, int64_t lds, float* dst, int64_t ldd) {
