@@ -113,13 +113,20 @@ CheckedPacked check_packed(const char* op, const Tensor& values, const Tensor& r
 Tensor check_input(const char* op, const Tensor& input, const CheckedPacked& w, int64_t* rows) {
   SQFX_CHECK(input.defined(), op, ": input must be a tensor, got None");
   SQFX_CHECK(input.is_cpu(), op, ": input must be a CPU tensor");
-  SQFX_CHECK(input.scalar_type() == ScalarType::Float, op, ": input must be float32, got ",
-                  dtype_name(input.scalar_type()));
+  const ScalarType dtype = input.scalar_type();
+  SQFX_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16, op,
+             ": input must be float32, float16 or bfloat16, got ", dtype_name(dtype));
   SQFX_CHECK(input.dim() >= 1, op, ": input must have at least 1 dim");
   SQFX_CHECK(input.size(input.dim() - 1) == w.K, op, ": input has ", input.size(input.dim() - 1),
                   " features in its last dim, the layer expects in_features = ", w.K);
-  // Fixed cost matters on small layers: no copy for a contiguous input.
-  Tensor x = input.is_contiguous() ? input : torch::stable::contiguous(input);
+  // fp16 / bf16 activations (a model.half() graph): the kernels compute in float32, as the
+  // module path does; the op returns the input's dtype (as_input_dtype).
+  // Fixed cost matters on small layers: no copy for a contiguous float32 input.
+  Tensor x = dtype != ScalarType::Float ? torch::stable::to(input, ScalarType::Float, std::nullopt, std::nullopt,
+                                                            std::nullopt, false, false,
+                                                            torch::headeronly::MemoryFormat::Contiguous)
+             : input.is_contiguous()    ? input
+                                        : torch::stable::contiguous(input);
   if (x.numel() > 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % alignof(float) != 0) {
     x = torch::stable::clone(x);  // e.g. torch.frombuffer at an odd byte offset
   }
@@ -134,6 +141,10 @@ Tensor check_input(const char* op, const Tensor& input, const CheckedPacked& w, 
                   w.col_block, ") overflows int64");
   *rows = M;
   return x;
+}
+
+Tensor as_input_dtype(const Tensor& out, const Tensor& input) {
+  return input.scalar_type() == ScalarType::Float ? out : torch::stable::to(out, input.scalar_type());
 }
 
 }  // namespace sqfx

@@ -49,9 +49,13 @@ CheckedPacked check_packed(const char* op, const torch::stable::Tensor& values,
                            const torch::stable::Tensor& w_scale,
                            const std::optional<torch::stable::Tensor>& bias, int64_t in_features);
 
-// Checks the input against the layer and returns it contiguous and aligned (no
+// Checks the input against the layer and returns it as contiguous, aligned float32 (no
 // copy when it already is); *rows = the number of rows of the flattened [rows, K] input.
+// float16 / bfloat16 inputs are accepted (converted to float32 here).
 torch::stable::Tensor check_input(const char* op, const torch::stable::Tensor& input,
                                   const CheckedPacked& w, int64_t* rows);
+
+// The op's float32 result in the input's dtype (float16 / bfloat16 inputs get theirs back).
+torch::stable::Tensor as_input_dtype(const torch::stable::Tensor& out, const torch::stable::Tensor& input);
 
 }  // namespace sqfx

@@ -147,7 +147,7 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
     std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));
   // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
   run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
-  return out;
+  return as_input_dtype(out, input);
 }
 
 // Test hooks: which ISA paths this CPU can run, and forcing one of them.

@@ -322,7 +322,7 @@ Tensor qlinear_weight_only(Tensor input, Tensor values, Tensor row_ptr, Tensor c
       propagate_nonfinite(rows, w, static_cast<const int32_t*>(w.col_idx), yp);
     }
   }
-  return out;
+  return as_input_dtype(out, input);
 }
 
 }  // namespace sqfx

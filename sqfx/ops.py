@@ -26,6 +26,10 @@ def _load_library() -> None:
 _load_library()
 
 
+# fp16 / bf16 activations are computed in float32 and returned in their own dtype.
+_ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _check_and_shape(op: str, input, values, row_ptr, col_idx, w_scale, bias, in_features, w_sum=None):
     """Shape checks shared by the fake kernels, run while tracing (torch.compile / torch.export)
     so a bad layer fails there with the C++ op's message rather than later at run time.
@@ -39,7 +43,8 @@ def _check_and_shape(op: str, input, values, row_ptr, col_idx, w_scale, bias, in
         if isinstance(t, torch.Tensor) and t.device != input.device:
             raise RuntimeError(f"sqfx.{op}: {name} is on {t.device} but input is on {input.device}: "
                                "every tensor of the call must be on the same device (the CPU)")
-    torch._check(input.dtype == torch.float32, lambda: f"sqfx.{op}: input must be float32")
+    torch._check(input.dtype in _ACTIVATION_DTYPES,
+                 lambda: f"sqfx.{op}: input must be float32, float16 or bfloat16, got {input.dtype}")
     torch._check(input.dim() >= 1, lambda: f"sqfx.{op}: input must have at least 1 dim")
     torch._check(
         input.shape[-1] == in_features,

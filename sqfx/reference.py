@@ -51,14 +51,14 @@ def accumulators(x2d, values, row_ptr, col_idx, w_sum, out_features, in_features
 def qlinear_dynamic(input, values, row_ptr, col_idx, w_scale, w_sum, bias, in_features, relu=False):
     """Reference for `torch.ops.sqfx.qlinear_dynamic` (same arguments)."""
     out_features = w_scale.shape[0]
-    x2d = input.reshape(-1, in_features)
+    x2d = input.reshape(-1, in_features).float()
     acc, a_scale = accumulators(x2d, values, row_ptr, col_idx, w_sum, out_features, in_features)
     y = acc.float() * (a_scale[:, None] * w_scale[None, :])
     if bias is not None:
         y = y + bias
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
-    return y.reshape(*input.shape[:-1], out_features)
+    return y.reshape(*input.shape[:-1], out_features).to(input.dtype)
 
 
 def qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu=False):
@@ -76,4 +76,4 @@ def qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_featu
         y = y + bias
     if relu:
         y = torch.where(y < 0, torch.zeros_like(y), y)
-    return y.reshape(*input.shape[:-1], out_features)
+    return y.reshape(*input.shape[:-1], out_features).to(input.dtype)

@@ -103,6 +103,24 @@ def test_module_casts_keep_the_packed_dtypes():
     assert packed_layer(out, "0").w_scale.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act_mode", ["dynamic_int8", "weight_only"])
+def test_a_half_graph_model_runs_half_inputs(dtype, act_mode):
+    """Bug 5: after .half() / .to(bf16) a graph-path model got fp16 / bf16 activations, which
+    the op rejected ("input must be float32"). It now runs them as the module path does:
+    computed in float32, returned in the input's dtype."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    out = sqfx.prepare_and_convert(model, sqfx.SparseQuantConfig(activation=act_mode))
+    assert out.sqfx_report.capture == "symbolic_trace"
+    x = torch.randn(3, 5, 16)
+    want = out(x)
+    out.to(dtype)
+    got = out(x.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
+
+
 def test_converting_a_converted_model_says_so():
     """Bug 10: converting an already-converted model reported 0 converted with no note."""
     again = sqfx.prepare_and_convert(_graph_model())
