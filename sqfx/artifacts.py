@@ -9,8 +9,11 @@ import the op by construction, and `save` writes a note saying so into the archi
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
+import re
 from typing import Any, Optional
 
 import torch
@@ -92,19 +95,57 @@ def load(path, extra_files: Optional[dict] = None) -> torch.export.ExportedProgr
 
     inspect_archive(path)
     where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
-    try:
-        contents = load_pt2(where)
-        ep = contents.exported_programs["model"]
-    except Exception as e:  # noqa: BLE001 (torch raises many types; the caller gets one)
-        raise RuntimeError(f"sqfx.load({where!r}) failed: {type(e).__name__}: {e}\nIf the log above names "
-                           f"torch.ops.sqfx.*, the archive needs an op this sqfx does not provide; "
-                           f"re-export it with this sqfx version ({_note()}).") from e
+    imported: set[str] = set()
+    while True:
+        try:
+            if hasattr(where, "seek"):
+                where.seek(0)
+            contents = load_pt2(where)
+            ep = contents.exported_programs["model"]
+            break
+        except Exception as e:  # noqa: BLE001 (torch raises many types; the caller gets one)
+            module = _output_type_module(e)
+            if module is not None and module not in imported:
+                imported.add(module)
+                importlib.import_module(module)  # registers the output type with pytree; retry
+                continue
+            raise RuntimeError(f"sqfx.load({where!r}) failed: {type(e).__name__}: {e}{_load_hint(e)}") from e
     if extra_files is not None:
         extra_files.update(contents.extra_files)
     check_call_targets(ep)
     # The archive is untrusted: the op checks its packed tensors only in O(row blocks) per call.
     validate_program(ep)
     return ep
+
+
+# Output types an archive may name whose module registers them with torch's pytree on import:
+# Hugging Face's ModelOutput dataclasses (BertModel returns BaseModelOutputWithPoolingAndCrossAttentions).
+# Only these modules are imported on an archive's word: importing runs code, so never an
+# arbitrary name from an untrusted file.
+_OUTPUT_TYPE_MODULES = re.compile(r"transformers\.(modeling_outputs|models\.\w+\.modeling_\w+)")
+_UNREGISTERED = re.compile(r"Deserializing ([\w.]+) in pytree is not registered")
+
+
+def _output_type_module(e: BaseException) -> Optional[str]:
+    """The module to import when `e` is pytree's "not registered" for a known output type."""
+    found = _UNREGISTERED.search(str(e))
+    if not found:
+        return None
+    module = found.group(1).rpartition(".")[0]
+    if not _OUTPUT_TYPE_MODULES.fullmatch(module) or importlib.util.find_spec(module.partition(".")[0]) is None:
+        return None
+    return module
+
+
+def _load_hint(e: BaseException) -> str:
+    found = _UNREGISTERED.search(str(e))
+    if found:
+        return (f"\nThe program returns {found.group(1)}, a type torch's pytree does not know in this "
+                "process: import the module that defines (and registers) it before sqfx.load.")
+    if "sqfx" in str(e):
+        return (f"\nThe archive calls a torch.ops.sqfx.* op this sqfx does not provide; re-export it "
+                f"with this sqfx version ({_note()}).")
+    return ""
 
 
 _PACKED_ARGS = ("values", "row_ptr", "col_idx", "w_scale", "w_sum", "bias")

@@ -132,3 +132,48 @@ def test_every_linear_left_out_is_reported():
     rep = sqfx.prepare_and_convert(ReadsWeight()).sqfx_report
     assert rep.converted == ["head"]
     assert [(s.fqn, "not called as a linear" in s.reason) for s in rep.skipped] == [("fc", True)]
+
+
+@pytest.mark.slow
+def test_hf_archive_loads_in_a_fresh_process(bert, tmp_path):
+    """Bug 3: an HF .pt2 failed to load in a fresh process unless transformers.modeling_outputs
+    was imported (its output type is unknown to pytree there), and sqfx.load blamed a missing
+    sqfx op. sqfx.load now imports the (allow-listed) module that registers the output type;
+    the CLI reports on the archive without a traceback."""
+    import subprocess
+    import sys
+
+    from doors_common import run_fresh
+
+    ids = torch.randint(0, 100, (2, 5))
+    sqfx.save(sqfx.export(bert, (ids,)), tmp_path / "bert.pt2")
+    torch.save({"ids": ids, "want": bert(ids).last_hidden_state}, tmp_path / "io.pt")
+    out = run_fresh(f"""
+        import sys
+        import torch, sqfx
+        assert "transformers" not in sys.modules
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        out = sqfx.load({str(tmp_path / "bert.pt2")!r}).module()(io["ids"])
+        print(type(out).__name__, (out.last_hidden_state - io["want"]).abs().max().item())
+    """, tmp_path)
+    name, err = out.split()
+    assert name == "BaseModelOutputWithPoolingAndCrossAttentions" and float(err) < 0.1
+    proc = subprocess.run([sys.executable, "-m", "sqfx", "report", str(tmp_path / "bert.pt2")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "pooler.dense" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_load_imports_only_known_output_type_modules():
+    """An untrusted archive names its output types: only HF's ModelOutput modules are imported
+    on its word; any other unknown type gets an error that says what to import."""
+    from sqfx.artifacts import _load_hint, _output_type_module
+
+    def err(name):
+        return NotImplementedError(f"Deserializing {name} in pytree is not registered.")
+
+    assert _output_type_module(err("transformers.modeling_outputs.BaseModelOutput")) == "transformers.modeling_outputs"
+    assert (_output_type_module(err("transformers.models.t5.modeling_t5.T5Output"))
+            == "transformers.models.t5.modeling_t5")
+    for other in ("os.Foo", "antigravity.Fly", "transformers.commands.env.X", "mypkg.outputs.Out"):
+        assert _output_type_module(err(other)) is None
+        assert f"returns {other}" in _load_hint(err(other)) and "sqfx op" not in _load_hint(err(other))
