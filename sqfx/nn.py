@@ -157,12 +157,34 @@ class SparseQuantLinear(nn.Module):
                 + ("" if self.act_mode == "dynamic_int8" else f", act_mode={self.act_mode}"))
 
     # ---- state_dict with a format version, validated on load ----
+    # The extra state is a small int64 tensor, so the whole state_dict is plain tensors
+    # (safetensors, HF save_pretrained): these fields in this order, act_mode as its index in
+    # ACT_MODES (append-only). A dict of the same fields (states saved before) loads too.
+    EXTRA_STATE_FIELDS = ("format_version", "in_features", "out_features", "per_channel", "relu", "act_mode")
+
     def get_extra_state(self):
-        return {"format_version": FORMAT_VERSION, "in_features": self.in_features,
-                "out_features": self.out_features, "per_channel": self.per_channel,
-                "relu": self.relu, "act_mode": self.act_mode}
+        return torch.tensor([FORMAT_VERSION, self.in_features, self.out_features, int(self.per_channel),
+                             int(self.relu), ACT_MODES.index(self.act_mode)], dtype=torch.int64)
+
+    @classmethod
+    def extra_state_fields(cls, state) -> dict:
+        """The extra state (tensor or dict form) as a dict of EXTRA_STATE_FIELDS."""
+        if isinstance(state, dict):
+            return dict(state)
+        if not (isinstance(state, torch.Tensor) and state.dtype == torch.int64
+                and state.shape == (len(cls.EXTRA_STATE_FIELDS),)):
+            raise PackedFormatError(
+                f"SparseQuantLinear: unsupported packed format version: the extra state must be an int64 "
+                f"tensor of {len(cls.EXTRA_STATE_FIELDS)} fields {cls.EXTRA_STATE_FIELDS}, got "
+                f"{type(state).__name__}{'' if not isinstance(state, torch.Tensor) else f' {state.dtype} {tuple(state.shape)}'}")
+        version, in_features, out_features, per_channel, relu, act = (int(v) for v in state.tolist())
+        as_bool = {0: False, 1: True}
+        return {"format_version": version, "in_features": in_features, "out_features": out_features,
+                "per_channel": as_bool.get(per_channel, per_channel), "relu": as_bool.get(relu, relu),
+                "act_mode": ACT_MODES[act] if 0 <= act < len(ACT_MODES) else f"<act_mode code {act}>"}
 
     def set_extra_state(self, state):
+        state = self.extra_state_fields(state)
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
             raise PackedFormatError(
                 f"SparseQuantLinear: unsupported packed format version "

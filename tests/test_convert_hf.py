@@ -177,3 +177,22 @@ def test_load_imports_only_known_output_type_modules():
     for other in ("os.Foo", "antigravity.Fly", "transformers.commands.env.X", "mypkg.outputs.Out"):
         assert _output_type_module(err(other)) is None
         assert f"returns {other}" in _load_hint(err(other)) and "sqfx op" not in _load_hint(err(other))
+
+
+def test_save_pretrained_of_a_converted_model_round_trips(bert, tmp_path):
+    """Bug 10: save_pretrained on a module-swapped BertModel failed on the extra-state dict
+    (safetensors takes tensors only). The extra state is now an int64 tensor; the saved file
+    loads back into a converted model of the same config, with the same outputs."""
+    from safetensors.torch import load_file
+
+    out = sqfx.prepare_and_convert(bert)
+    assert out.sqfx_report.capture == "module_swap"
+    out.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert "encoder.layer.0.intermediate.dense._extra_state" in state
+    torch.manual_seed(1)  # another random init: everything must come from the file
+    other = transformers.BertModel(bert.config).eval()
+    back = sqfx.prepare_and_convert(other, sqfx.SparseQuantConfig(target_sparsity=0.5))
+    back.load_state_dict(state)
+    ids = torch.randint(0, 100, (2, 7))
+    assert torch.equal(back(ids).last_hidden_state, out(ids).last_hidden_state)

@@ -92,7 +92,7 @@ def test_corrupt_state_dict_rejected():
 def test_wrong_format_version_rejected():
     mod, _, _ = _module()
     sd = mod.state_dict()
-    sd["_extra_state"] = dict(sd["_extra_state"], format_version=99)
+    sd["_extra_state"] = dict(sqfx.SparseQuantLinear.extra_state_fields(sd["_extra_state"]), format_version=99)
     with pytest.raises(PackedFormatError, match="format version"):
         _module()[0].load_state_dict(sd)
 

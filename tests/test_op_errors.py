@@ -253,6 +253,8 @@ def _corrupt(sd, key, fn):
     return sd
 
 
+_fields = SparseQuantLinear.extra_state_fields
+
 LOAD_CASES = [
     ("values", lambda t: t.to(torch.int32), "values must have dtype"),
     ("values", lambda t: t[:-1], "row_ptr ends at"),
@@ -265,12 +267,18 @@ LOAD_CASES = [
     ("w_sum", lambda t: t + 1, "w_sum does not equal"),
     ("fp32_bias", lambda t: t[:3], "bias has 3 entries"),
     ("fp32_bias", lambda t: "not a tensor", "bias must be a tensor"),
-    ("_extra_state", lambda s: {**s, "format_version": 99}, "format version"),
-    ("_extra_state", lambda s: {**s, "in_features": K - 1}, "padding"),
-    ("_extra_state", lambda s: {**s, "in_features": K - 4}, "col_idx holds a block column outside"),
-    ("_extra_state", lambda s: {**s, "out_features": "10"}, "out_features"),
-    ("_extra_state", lambda s: {k: v for k, v in s.items() if k != "relu"}, "relu"),
+    ("_extra_state", lambda s: {**_fields(s), "format_version": 99}, "format version"),
+    ("_extra_state", lambda s: {**_fields(s), "in_features": K - 1}, "padding"),
+    ("_extra_state", lambda s: {**_fields(s), "in_features": K - 4}, "col_idx holds a block column outside"),
+    ("_extra_state", lambda s: {**_fields(s), "out_features": "10"}, "out_features"),
+    ("_extra_state", lambda s: {k: v for k, v in _fields(s).items() if k != "relu"}, "relu"),
     ("_extra_state", lambda s: [1], "format version"),
+    # the tensor form (what get_extra_state writes): version, flags and act_mode codes
+    ("_extra_state", lambda s: torch.cat([torch.tensor([99]), s[1:]]), "format version"),
+    ("_extra_state", lambda s: torch.cat([s[:4], torch.tensor([2]), s[5:]]), "'relu' must be a bool"),
+    ("_extra_state", lambda s: torch.cat([s[:5], torch.tensor([7])]), "unknown act_mode"),
+    ("_extra_state", lambda s: s[:5], "int64 tensor of 6 fields"),
+    ("_extra_state", lambda s: s.int(), "int64 tensor of 6 fields"),
 ]
 
 
@@ -616,7 +624,7 @@ def test_extra_state_in_features_past_int64_is_a_clear_load_error(in_features):
     # 'int'"), 2**70 with a bare OverflowError.
     mod = SparseQuantLinear(random_packed(3, 5, (1, 4), 0.5))
     state = mod.state_dict()
-    state["_extra_state"] = {**state["_extra_state"], "in_features": in_features}
+    state["_extra_state"] = {**SparseQuantLinear.extra_state_fields(state["_extra_state"]), "in_features": in_features}
     with pytest.raises(PackedFormatError, match="'in_features' must be a positive int that fits int64"):
         SparseQuantLinear(random_packed(3, 5, (1, 4), 0.5)).load_state_dict(state)
     with pytest.raises(PackedFormatError, match="in_features must be a positive int that fits int64"):

@@ -226,7 +226,9 @@ def test_module_mode_state_dict_and_export(tmp_path):
 def test_state_without_act_mode_loads_as_dynamic_int8():
     layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4), act_mode="weight_only")
     sd = layer.state_dict()
-    sd["_extra_state"] = {k: v for k, v in sd["_extra_state"].items() if k != "act_mode"}
+    # a dict state written before act_mode existed
+    fields = sqfx.SparseQuantLinear.extra_state_fields(sd["_extra_state"])
+    sd["_extra_state"] = {k: v for k, v in fields.items() if k != "act_mode"}
     layer.load_state_dict(sd)
     assert layer.act_mode == "dynamic_int8"
 
@@ -236,7 +238,7 @@ def test_unknown_act_mode_is_rejected():
         sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4), act_mode="int4")
     layer = sqfx.SparseQuantLinear.from_float(torch.nn.Linear(8, 4))
     sd = layer.state_dict()
-    sd["_extra_state"] = {**sd["_extra_state"], "act_mode": "int4"}
+    sd["_extra_state"] = {**sqfx.SparseQuantLinear.extra_state_fields(sd["_extra_state"]), "act_mode": "int4"}
     with pytest.raises(RuntimeError, match="unknown act_mode 'int4'"):
         layer.load_state_dict(sd)
 
