@@ -94,6 +94,7 @@ def packed_layer(converted: nn.Module, fqn: str):
     assert isinstance(holder, sqfx.SparseQuantLinear), (fqn, type(holder))
     return holder.packed
 
+
 def random_block_mask(n: int, k: int, block, sparsity: float, generator=None) -> torch.Tensor:
     """A block mask [ceil(n/rb), ceil(k/cb)] with round(sparsity * blocks) blocks dropped."""
     rb, cb = block
@@ -106,26 +107,43 @@ def random_block_mask(n: int, k: int, block, sparsity: float, generator=None) ->
     return mask.reshape(n_rb, n_cb)
 
 
-def random_packed(n, k, block=(1, 4), sparsity=0.5, per_channel=True, bias=True, seed=0):
+def random_packed(n, k, block=(1, 4), sparsity=0.5, per_channel=True, bias=True, seed=0, *,
+                  layout="sparse", col_dtype=None, return_parts=False):
+    """The tests' one builder of random valid packed layers: a PackedLinear [n, k] of randn
+    weights (and a randn bias unless bias=False) under a random block mask with exactly
+    round(sparsity * blocks) blocks dropped (sparsity 0.0 keeps every block, 1.0 none), all
+    drawn from one generator seeded with `seed`. layout goes to sqfx.pack ("dense" stores the
+    dropped blocks as zeros); col_dtype recasts col_idx (int16 and int32 are both valid).
+    return_parts=True returns (packed, weight, mask) for tests that check pack itself."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(n, k, generator=g)
     b = torch.randn(n, generator=g) if bias else None
     mask = random_block_mask(n, k, block, sparsity, generator=g)
-    return sqfx.pack(weight, mask=mask, block=block, per_channel=per_channel, bias=b), weight, mask
+    packed = sqfx.pack(weight, mask=mask, block=block, per_channel=per_channel, bias=b, layout=layout)
+    if col_dtype is not None:
+        packed.col_idx = packed.col_idx.to(col_dtype)
+    return (packed, weight, mask) if return_parts else packed
 
 
-def call_op(packed, x, relu=False):
-    return torch.ops.sqfx.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
+OP = torch.ops.sqfx.qlinear_dynamic  # the op as user code calls it (QLINEAR is its graph target)
+
+
+def call_op(packed, x, relu=False, in_features=None):
+    """sqfx::qlinear_dynamic on packed's tensors; in_features overrides the layer's own."""
+    return OP(x, *packed.tensors(), packed.in_features if in_features is None else in_features, relu)
 
 
 def call_reference(packed, x, relu=False):
+    """sqfx.reference.qlinear_dynamic (the plain-PyTorch oracle) on packed's tensors."""
     return sqfx.reference.qlinear_dynamic(x, *packed.tensors(), packed.in_features, relu)
 
 
-def assert_same(actual, expected):
-    """Bit-identical, NaN in the same places (torch.equal treats NaN != NaN)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype
+def assert_same(actual, expected, msg=""):
+    """The tests' one bit-exact check: same shape and dtype, NaN in the same places (torch.equal
+    treats NaN != NaN) and every other entry equal. msg (e.g. the kernel path) leads the failure."""
+    assert actual.shape == expected.shape, f"{msg} shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{msg} dtype {actual.dtype} != {expected.dtype}"
     nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
-    assert torch.equal(nan_a, nan_e), "NaN positions differ"
-    assert torch.equal(actual[~nan_a], expected[~nan_e]), (actual - expected).abs().max()
+    assert torch.equal(nan_a, nan_e), f"{msg} NaN positions differ"
+    assert torch.equal(actual[~nan_a], expected[~nan_e]), \
+        f"{msg} max |difference| {(actual[~nan_a] - expected[~nan_e]).abs().max()}"

@@ -9,7 +9,7 @@ import torch
 
 from sqfx import SparseQuantLinear
 
-from _packed_cases import random_packed
+from sqfx_testing import assert_same, random_packed
 
 N_THREADS = 8
 
@@ -17,7 +17,7 @@ N_THREADS = 8
 @pytest.fixture(scope="module")
 def layers():
     # Big enough that parallel_for splits both the quantizer and the kernel into chunks.
-    return [SparseQuantLinear(random_packed(256, 384, block, density=0.5, seed=i), relu=i % 2 == 1)
+    return [SparseQuantLinear(random_packed(256, 384, block, sparsity=0.5, seed=i), relu=i % 2 == 1)
             for i, block in enumerate([(1, 4), (4, 4), (8, 1), (16, 16)])]
 
 
@@ -26,10 +26,6 @@ def _inputs(seed, k=384):
     xs = [torch.randn(m, k, generator=g) for m in (1, 7, 64, 130)]
     xs[2][5, 3] = float("nan")
     return xs
-
-
-def _same(a, b):
-    return torch.equal(torch.nan_to_num(a, nan=1234.5), torch.nan_to_num(b, nan=1234.5))
 
 
 def test_threads_match_serial(layers):
@@ -48,8 +44,11 @@ def test_threads_match_serial(layers):
                     y = layer(x)
                     if rep == 0:
                         results[i] = y
-                    elif not _same(y, results[i]):
-                        errors.append(f"thread {t} item {i} changed between repetitions")
+                        continue
+                    try:
+                        assert_same(y, results[i])
+                    except AssertionError as e:
+                        errors.append(f"thread {t} item {i} changed between repetitions: {e}")
         except Exception as e:  # pragma: no cover - reported below
             errors.append(repr(e))
 
@@ -61,7 +60,7 @@ def test_threads_match_serial(layers):
     assert not any(th.is_alive() for th in threads), "a thread hung"
     assert not errors, errors
     for i, (y, e) in enumerate(zip(results, expected)):
-        assert _same(y, e), f"item {i} differs from the serial result"
+        assert_same(y, e, f"item {i} differs from the serial result:")
 
 
 def test_num_threads_do_not_change_results(layers):
@@ -74,6 +73,6 @@ def test_num_threads_do_not_change_results(layers):
             torch.set_num_threads(n)
             for layer, exp in zip(layers, expected):
                 for x, e in zip(xs, exp):
-                    assert _same(layer(x), e), f"num_threads={n}"
+                    assert_same(layer(x), e, f"num_threads={n}:")
     finally:
         torch.set_num_threads(old)

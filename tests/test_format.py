@@ -1,6 +1,4 @@
 """sqfx.pack / PackedLinear: the packed format's invariants, masks and round trips."""
-import io
-
 import pytest
 import torch
 from hypothesis import given
@@ -15,7 +13,7 @@ from sqfx_testing import random_block_mask, random_packed
        block=st.sampled_from([(1, 4), (8, 1), (4, 4), (1, 1), (16, 1), (3, 5)]),
        sparsity=st.sampled_from([0.0, 0.5, 0.95, 1.0]), per_channel=st.booleans())
 def test_pack_unpack_roundtrip(n, k, block, sparsity, per_channel):
-    packed, weight, mask = random_packed(n, k, block, sparsity, per_channel)
+    packed, weight, mask = random_packed(n, k, block, sparsity, per_channel, return_parts=True)
     packed.validate()
     assert torch.equal(packed.block_mask(), mask)
     element_mask = mask.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:n, :k]
@@ -30,7 +28,7 @@ def test_pack_unpack_roundtrip(n, k, block, sparsity, per_channel):
 
 
 def test_per_tensor_scales_are_equal():
-    packed, _, _ = random_packed(16, 16, per_channel=False)
+    packed = random_packed(16, 16, per_channel=False)
     assert bool((packed.w_scale == packed.w_scale[0]).all())
     assert packed.scheme == "per_tensor"
 
@@ -85,7 +83,7 @@ def test_weight_must_be_2d_float():
 
 
 def test_int16_indices_when_they_fit():
-    packed, _, _ = random_packed(4, 64)
+    packed = random_packed(4, 64)
     assert packed.col_idx.dtype == torch.int16
 
 
@@ -100,14 +98,14 @@ def test_int16_indices_when_they_fit():
     ],
 )
 def test_validate_names_the_violation(field, corrupt, match):
-    packed, _, _ = random_packed(8, 16, (1, 4), 0.3)
+    packed = random_packed(8, 16, (1, 4), 0.3)
     setattr(packed, field, corrupt(getattr(packed, field)))
     with pytest.raises(PackedFormatError, match=match):
         packed.validate()
 
 
 def test_validate_rejects_nonzero_padding():
-    packed, _, _ = random_packed(3, 6, (1, 4), 0.0)
+    packed = random_packed(3, 6, (1, 4), 0.0)
     packed.values[1, 0, 3] = 5  # column 7 does not exist
     with pytest.raises(PackedFormatError, match="padding"):
         packed.validate()

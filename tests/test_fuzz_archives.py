@@ -37,7 +37,7 @@ import sqfx.archive
 from sqfx import PackedFormatError, reference
 from sqfx.format import validate_packed
 
-from _packed_cases import assert_same
+from sqfx_testing import assert_same
 from _pt2_edit import WEIGHTS_CONFIG, Archive, exported_mlp
 from test_fuzz_packed import (ISAS, WO_KERNELS, _kernel_path, _weight_only_kernel, assert_close_weight_only,
                               block_model, block_model_weight_only)

@@ -35,7 +35,7 @@ from sqfx import PackedFormatError, SparseQuantLinear
 from sqfx.format import validate_packed
 from sqfx import reference
 
-from _packed_cases import OP, assert_same, random_packed
+from sqfx_testing import OP, assert_same, random_packed
 
 _PROFILES = {"ci": 300, "long": 10_000}
 _PROFILE = os.environ.get("SQFX_FUZZ_PROFILE", "ci")
@@ -331,7 +331,7 @@ MUTATIONS = [m_col_idx_entry, m_col_idx_swap, m_row_ptr_entry, m_row_ptr_shift, 
 def cases(draw):
     block = draw(st.sampled_from(BLOCKS))
     n, k = draw(st.integers(1, 40)), draw(st.integers(1, 80))
-    p = random_packed(n, k, block, density=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0])),
+    p = random_packed(n, k, block, sparsity=draw(st.sampled_from([1.0, 0.7, 0.3, 0.0])),
                       bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
                       per_channel=draw(st.booleans()))
     if draw(st.booleans()):

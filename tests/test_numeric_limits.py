@@ -9,7 +9,7 @@ import torch
 import sqfx
 from sqfx import reference
 
-from _packed_cases import OP, assert_same, random_packed, run_op, run_ref
+from sqfx_testing import assert_same, call_op, call_reference, random_packed
 
 FLT_MIN = torch.finfo(torch.float32).tiny
 
@@ -28,8 +28,8 @@ def test_huge_in_features_accumulates_exactly(block):
     x[1, 0] = -3.0
     q, _, zp = reference.quantize_rows(x)
     assert int(q[0].min()) == 255 and int(zp[0]) == 0
-    out = run_op(p, x)
-    assert_same(out, run_ref(p, x))
+    out = call_op(p, x)
+    assert_same(out, call_reference(p, x))
     # An int32 wrap would flip the sign and be off by 2**32 * scale; check the magnitude too.
     dense = x @ p.unpack().T + p.bias
     torch.testing.assert_close(out, dense, rtol=1e-2, atol=1e-2 * float(dense.abs().max()))
@@ -44,22 +44,22 @@ def test_w_sum_overflow_is_rejected_by_pack():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("relu", [False, True])
 def test_nan_inf_rows_give_nan_rows(bad, relu):
-    p = random_packed(9, 33, (4, 8), density=0.7, seed=1)
+    p = random_packed(9, 33, (4, 8), sparsity=0.3, seed=1)
     x = torch.randn(5, 33)
     x[1, 7] = bad
     x[3, :] = bad
-    out = run_op(p, x, relu=relu)
-    assert_same(out, run_ref(p, x, relu=relu))
+    out = call_op(p, x, relu=relu)
+    assert_same(out, call_reference(p, x, relu=relu))
     assert bool(torch.isnan(out[[1, 3]]).all())  # relu keeps NaN
     assert not bool(torch.isnan(out[[0, 2, 4]]).any())
 
 
 def test_finite_rows_whose_range_overflows_give_nan():
-    p = random_packed(6, 8, (1, 4), density=1.0, seed=2)
+    p = random_packed(6, 8, (1, 4), sparsity=0.0, seed=2)
     x = torch.randn(2, 8)
     x[0, 0], x[0, 1] = 3e38, -3e38  # max - min = inf in fp32
-    out = run_op(p, x)
-    assert_same(out, run_ref(p, x))
+    out = call_op(p, x)
+    assert_same(out, call_reference(p, x))
     assert bool(torch.isnan(out[0]).all()) and not bool(torch.isnan(out[1]).any())
 
 
@@ -68,7 +68,7 @@ def test_tiny_range_rows_are_defined(k):
     # Rows whose range / 255 underflows: the scale used to become 0 or subnormal, 1/scale
     # Inf and 0 * Inf = NaN reached a float -> int cast (UB). Now the scale is clamped to
     # FLT_MIN; the outputs are finite and equal to the reference.
-    p = random_packed(12, k, (4, 4), density=0.8, seed=3)
+    p = random_packed(12, k, (4, 4), sparsity=0.2, seed=3)
     rows = [
         torch.zeros(k),
         torch.full((k,), 1e-44),
@@ -83,18 +83,18 @@ def test_tiny_range_rows_are_defined(k):
     q, scale, zp = reference.quantize_rows(x)
     assert bool((scale >= FLT_MIN).all()) and bool(torch.isfinite(scale).all())
     assert int(q.min()) >= 0 and int(q.max()) <= 255 and int(zp.min()) >= 0 and int(zp.max()) <= 255
-    out = run_op(p, x)
-    assert_same(out, run_ref(p, x))
+    out = call_op(p, x)
+    assert_same(out, call_reference(p, x))
     assert bool(torch.isfinite(out).all())
     torch.testing.assert_close(out, p.bias.expand_as(out), rtol=0, atol=1e-30)
 
 
 def test_all_zero_rows_and_zero_weight_rows():
-    p = random_packed(10, 16, (2, 4), density=0.5, seed=4)
+    p = random_packed(10, 16, (2, 4), sparsity=0.5, seed=4)
     x = torch.randn(4, 16)
     x[2] = 0
-    out = run_op(p, x)
-    assert_same(out, run_ref(p, x))
+    out = call_op(p, x)
+    assert_same(out, call_reference(p, x))
     assert torch.equal(out[2], p.bias)
 
 
@@ -106,18 +106,18 @@ def test_fully_sparse_layer(block):
     p.validate()
     x = torch.randn(3, 14)
     x[1, 0] = float("nan")
-    out = run_op(p, x)
-    assert_same(out, run_ref(p, x))
+    out = call_op(p, x)
+    assert_same(out, call_reference(p, x))
     assert torch.equal(out[[0, 2]], p.bias.expand(2, 9))
     assert bool(torch.isnan(out[1]).all())
     p_nobias = sqfx.pack(w, mask=torch.zeros(9, 14), block=block)
-    assert torch.equal(run_op(p_nobias, x[[0, 2]]), torch.zeros(2, 9))
+    assert torch.equal(call_op(p_nobias, x[[0, 2]]), torch.zeros(2, 9))
 
 
 @pytest.mark.parametrize("shape", [(0, 12), (2, 0, 12), (0, 0, 12)])
 def test_empty_batches(shape):
     p = random_packed(5, 12, (4, 4), seed=5)
-    out = run_op(p, torch.randn(shape))
+    out = call_op(p, torch.randn(shape))
     assert out.shape == (*shape[:-1], 5)
 
 
@@ -129,11 +129,11 @@ def test_empty_batches(shape):
     (2, 100, (32, 4)),
 ])
 def test_layers_smaller_than_a_block(n, k, block):
-    p = random_packed(n, k, block, density=1.0, seed=6)
+    p = random_packed(n, k, block, sparsity=0.0, seed=6)
     p.validate()
     for x in (torch.randn(4, k), torch.randn(k), torch.randn(2, 3, k)):
-        assert_same(run_op(p, x), run_ref(p, x))
-        assert_same(run_op(p, x, relu=True), run_ref(p, x, relu=True))
+        assert_same(call_op(p, x), call_reference(p, x))
+        assert_same(call_op(p, x, relu=True), call_reference(p, x, relu=True))
 
 
 def test_int32_col_idx_for_many_block_columns():
@@ -143,4 +143,4 @@ def test_int32_col_idx_for_many_block_columns():
     p = sqfx.pack(w, block=(1, 1), bias=torch.randn(2))
     assert p.col_idx.dtype == torch.int32 and int(p.col_idx.max()) == k - 1
     x = torch.randn(3, k)
-    assert_same(run_op(p, x), run_ref(p, x))
+    assert_same(call_op(p, x), call_reference(p, x))

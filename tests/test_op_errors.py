@@ -3,8 +3,6 @@ the op entry (O(row blocks) checks), pack, validate_packed and load_state_dict; 
 user input to the module API."""
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import nn
@@ -13,14 +11,14 @@ import sqfx
 from sqfx import PackedFormatError, SparseQuantLinear
 from sqfx.format import PackedLinear, validate_packed
 
-from _packed_cases import OP, assert_same, random_packed, run_op, run_ref
+from sqfx_testing import OP, assert_same, call_op, call_reference, random_packed
 
 N, K, BLOCK = 10, 18, (4, 4)  # neither divides: padding in both dims
 
 
 @pytest.fixture
 def packed():
-    p = random_packed(N, K, BLOCK, density=0.6, seed=1)
+    p = random_packed(N, K, BLOCK, sparsity=0.4, seed=1)
     assert p.nnz_blocks > 2
     return p
 
@@ -182,7 +180,7 @@ FULL_ONLY_CASES = [  # invariants only the O(nnz) validator sees (the op cannot 
 
 @pytest.mark.parametrize("name,mutate,message", FULL_ONLY_CASES, ids=[c[0] for c in FULL_ONLY_CASES])
 def test_validate_packed_full_checks(name, mutate, message):
-    p = random_packed(N, K, BLOCK, density=1.0, seed=3)
+    p = random_packed(N, K, BLOCK, sparsity=0.0, seed=3)
     bad = mutate(p)
     assert bad is not None
     with pytest.raises(PackedFormatError, match=f"{name} .*{message}"):
@@ -190,7 +188,7 @@ def test_validate_packed_full_checks(name, mutate, message):
 
 
 def test_validate_packed_rejects_padding_weights_and_too_many_blocks():
-    p = random_packed(N, K, BLOCK, density=1.0, seed=4)
+    p = random_packed(N, K, BLOCK, sparsity=0.0, seed=4)
     v = p.values.clone()
     v[-1, -1, -1] = 5  # last block: row 11 >= N = 10 is padding
     with pytest.raises(PackedFormatError, match="values holds non-zero weights in the padding"):
@@ -225,8 +223,8 @@ def _module(p, relu=False):
 
 
 def test_load_state_dict_round_trip_and_resparsify():
-    a = _module(random_packed(N, K, BLOCK, density=0.3, seed=5))
-    b = _module(random_packed(N, K, BLOCK, density=0.9, seed=6), relu=True)
+    a = _module(random_packed(N, K, BLOCK, sparsity=0.7, seed=5))
+    b = _module(random_packed(N, K, BLOCK, sparsity=0.1, seed=6), relu=True)
     assert a.values.shape != b.values.shape
     a.load_state_dict(b.state_dict())
     x = torch.randn(4, K)
@@ -234,11 +232,11 @@ def test_load_state_dict_round_trip_and_resparsify():
 
 
 def test_load_state_dict_accepts_strided_tensors_as_contiguous_copies():
-    b = _module(random_packed(N, K, BLOCK, density=0.9, seed=6))
+    b = _module(random_packed(N, K, BLOCK, sparsity=0.1, seed=6))
     sd = b.state_dict()
     sd["w_scale"] = sd["w_scale"].repeat_interleave(2)[::2]
     assert not sd["w_scale"].is_contiguous()
-    a = _module(random_packed(N, K, BLOCK, density=0.2, seed=7))
+    a = _module(random_packed(N, K, BLOCK, sparsity=0.8, seed=7))
     a.load_state_dict(sd)
     assert a.w_scale.is_contiguous()
     x = torch.randn(2, K)
@@ -284,8 +282,8 @@ LOAD_CASES = [
 
 @pytest.mark.parametrize("key,fn,message", LOAD_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LOAD_CASES)])
 def test_load_state_dict_rejects_corrupt(key, fn, message):
-    src = _module(random_packed(N, K, BLOCK, density=0.7, seed=8))
-    dst = _module(random_packed(N, K, BLOCK, density=0.4, seed=9))
+    src = _module(random_packed(N, K, BLOCK, sparsity=0.3, seed=8))
+    dst = _module(random_packed(N, K, BLOCK, sparsity=0.6, seed=9))
     before = {k: v.clone() for k, v in dst.state_dict().items() if isinstance(v, torch.Tensor)}
     with pytest.raises((RuntimeError, PackedFormatError), match=message):
         dst.load_state_dict(_corrupt(src.state_dict(), key, fn))
@@ -293,7 +291,7 @@ def test_load_state_dict_rejects_corrupt(key, fn, message):
     for k, v in before.items():
         assert torch.equal(dst.state_dict()[k], v)
     x = torch.randn(2, K)
-    assert_same(dst(x), run_ref(dst.packed, x))
+    assert_same(dst(x), call_reference(dst.packed, x))
 
 
 def test_load_state_dict_missing_keys():
@@ -313,11 +311,11 @@ def test_load_state_dict_missing_keys():
 
 @pytest.mark.parametrize("n,k,block", [(10, 18, (4, 4)), (7, 5, (8, 1)), (3, 3, (1, 16)), (33, 65, (16, 16))])
 def test_blocks_that_do_not_divide_are_padded(n, k, block):
-    p = random_packed(n, k, block, density=0.7, seed=10)
+    p = random_packed(n, k, block, sparsity=0.3, seed=10)
     p.validate()
     x = torch.randn(5, k)
-    assert_same(run_op(p, x), run_ref(p, x))
-    assert_same(run_op(p, x, relu=True), run_ref(p, x, relu=True))
+    assert_same(call_op(p, x), call_reference(p, x))
+    assert_same(call_op(p, x, relu=True), call_reference(p, x, relu=True))
 
 
 def test_bad_masks_and_blocks():
@@ -372,7 +370,7 @@ def test_low_precision_weights_and_inputs(dtype):
     y = m(x)
     assert y.dtype == dtype and y.shape == (3, 5, 12)
     # Computed in fp32, then cast back: exactly the fp32 path on the converted input.
-    assert torch.equal(y, run_ref(m.packed, x.float()).to(dtype))
+    assert torch.equal(y, call_reference(m.packed, x.float()).to(dtype))
 
 
 def test_module_half_keeps_packed_buffers_exact():
@@ -417,7 +415,7 @@ def test_strided_and_expanded_inputs():
     for x in (base.t(), torch.randn(1, 20).expand(7, 20), torch.randn(3, 40)[:, ::2],
               torch.randn(2, 3, 20).transpose(0, 1), torch.randn(20)):
         assert not x.is_contiguous() or x.dim() == 1
-        assert_same(run_op(p, x), run_ref(p, x.contiguous()))
+        assert_same(call_op(p, x), call_reference(p, x.contiguous()))
 
 
 # ---- exported programs ----
@@ -460,7 +458,7 @@ def _weight_only(p, x, **changes):
                 "col_idx": torch.empty(0, dtype=torch.int16)}, None),
 ])
 def test_weight_only_op_entry_checks(changes, message):
-    p = random_packed(9, 13, (1, 4), 0.7)
+    p = random_packed(9, 13, (1, 4), 0.3)
     x = torch.randn(3, 13)
     if message is None:  # an empty layer claiming a huge block: no huge scratch, bias out
         assert torch.equal(_weight_only(p, x, **changes(p)), p.bias.expand(3, 9))
@@ -558,7 +556,7 @@ def test_tensors_at_odd_addresses_compute_the_reference(name, block, layout):
     # gives values storage_offset 1); the op copies such tensors to aligned memory first.
     p = sqfx.pack(torch.randn(24, 40), block=block, layout=layout, bias=torch.randn(24))
     x = torch.randn(6, 40)
-    expected = run_ref(p, x)
+    expected = call_reference(p, x)
     keep = []
     if name == "x":
         x, raw = _at_odd_address(x)
@@ -569,7 +567,7 @@ def test_tensors_at_odd_addresses_compute_the_reference(name, block, layout):
     for isa in sqfx.ops.available_isas():
         with sqfx.ops.force_isa(isa):
             for rows in (1, 6):
-                assert_same(run_op(p, x[:rows]), expected[:rows])
+                assert_same(call_op(p, x[:rows]), expected[:rows])
 
 
 @pytest.mark.parametrize("call", [
@@ -580,7 +578,7 @@ def test_tensors_at_odd_addresses_compute_the_reference(name, block, layout):
     lambda p, x: torch.ops.sqfx._set_kernel_isa("no-such-isa"),
 ])
 def test_op_messages_name_the_problem_without_build_machine_paths(call):
-    p = random_packed(9, 13, (1, 4), 0.7)
+    p = random_packed(9, 13, (1, 4), 0.3)
     with pytest.raises(RuntimeError) as info:
         call(p, torch.randn(3, 13))
     message = str(info.value)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import sqfx.ops
 from sqfx import reference
 from sqfx.format import pack
-from test_op_kernels import make_packed, reference_out, same
+from sqfx_testing import assert_same, call_reference, random_packed
 
 PATHS = ["auto"] + sqfx.ops.available_isas()
 
@@ -30,11 +30,10 @@ def run_path(path, p, x, relu):
 
 
 def check_paths(p, x, relu):
-    expected = reference_out(p, x, relu)
+    expected = call_reference(p, x, relu)
     for path in PATHS:
         got = run_path(path, p, x, relu)
-        assert got.shape == expected.shape
-        assert same(got, expected), f"path={path} layout={p.layout} M={x.shape[0]} differs from the reference"
+        assert_same(got, expected, f"path={path} layout={p.layout} M={x.shape[0]} differs from the reference:")
 
 
 def with_special_rows(x):
@@ -60,7 +59,8 @@ def with_special_rows(x):
     seed=st.integers(0, 2**16),
 )
 def test_token_batch_paths_match_reference(n, k, sparsity, layout, m, relu, per_channel, col_dtype, seed):
-    p = make_packed(n, k, (1, 4), sparsity, per_channel, seed, col_dtype, layout=layout)
+    p = random_packed(n, k, (1, 4), sparsity, per_channel, bias=seed % 3 != 0, seed=seed,
+                      layout=layout, col_dtype=col_dtype)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3 - 0.5
     check_paths(p, with_special_rows(x), relu)
 
@@ -68,7 +68,7 @@ def test_token_batch_paths_match_reference(n, k, sparsity, layout, m, relu, per_
 @pytest.mark.parametrize("layout", ["sparse", "dense"])
 @pytest.mark.parametrize("n,k,m", [(1, 4, 16), (3, 5, 64), (64, 768, 130), (200, 1536, 64), (257, 100, 600)])
 def test_edge_shapes_bias_none(layout, n, k, m):
-    p = make_packed(n, k, (1, 4), 0.8 if layout == "sparse" else 0.0, True, seed=3, layout=layout)  # seed 3: no bias
+    p = random_packed(n, k, (1, 4), 0.8 if layout == "sparse" else 0.0, bias=False, seed=3, layout=layout)
     assert p.bias is None
     x = with_special_rows(torch.randn(m, k))
     check_paths(p, x, relu=False)
@@ -113,7 +113,7 @@ def test_onednn_capped_below_vnni_stays_exact():
 
 @pytest.mark.parametrize("layout", ["sparse", "dense"])
 def test_token_batch_threads_identical(layout):
-    p = make_packed(300, 640, (1, 4), 0.9 if layout == "sparse" else 0.0, True, seed=4, layout=layout)
+    p = random_packed(300, 640, (1, 4), 0.9 if layout == "sparse" else 0.0, seed=4, layout=layout)
     x = torch.randn(200, 640)
     before = torch.get_num_threads()
     try:
@@ -123,7 +123,7 @@ def test_token_batch_threads_identical(layout):
             torch.set_num_threads(2)
             two = run_path(path, p, x, True)
             assert torch.equal(one, two), path
-        assert torch.equal(one, reference_out(p, x, True))
+        assert torch.equal(one, call_reference(p, x, True))
     finally:
         torch.set_num_threads(before)
 
@@ -158,7 +158,7 @@ def _permute_rows_blocks(p, seed):
 @pytest.mark.parametrize("k", [2052, 4100])  # > one K tile of the GEMM (2048 columns per 64-row pass)
 @pytest.mark.parametrize("m", [40, 64, 130])
 def test_gemm_several_k_tiles_and_unsorted_columns(k, m):
-    p = make_packed(37, k, (1, 4), 0.85, True, seed=5)
+    p = random_packed(37, k, (1, 4), 0.85, seed=5)
     x = with_special_rows(torch.randn(m, k))
     check_paths(p, x, relu=True)
     values, col_idx = _permute_rows_blocks(p, seed=1)
@@ -171,14 +171,14 @@ def test_gemm_several_k_tiles_and_unsorted_columns(k, m):
             with sqfx.ops.force_isa(path):
                 got = torch.ops.sqfx.qlinear_dynamic(x, values, p.row_ptr, col_idx, p.w_scale, p.w_sum, p.bias,
                                                      k, False)
-        assert same(got, expected), path
+        assert_same(got, expected, path)
 
 
 @pytest.mark.parametrize("bad", [-1, -30000, "n_cb"])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_gemm_rejects_bad_column_in_any_k_tile(bad, where):
     k = 4100
-    p = make_packed(8, k, (1, 4), 0.5, True, seed=6)
+    p = random_packed(8, k, (1, 4), 0.5, bias=False, seed=6)
     bad = p.n_col_blocks if bad == "n_cb" else bad
     col_idx = p.col_idx.clone()
     start, end = int(p.row_ptr[3]), int(p.row_ptr[4])

@@ -4,8 +4,6 @@ The op dispatches at run time (csrc/kernels/dispatch.cpp) on block shape, M and 
 each ISA the machine has is forced in turn (sqfx.ops.force_isa) and compared with
 torch.equal against sqfx.reference.qlinear_dynamic.
 """
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,8 +11,8 @@ from hypothesis import strategies as st
 
 import sqfx.ops
 from sqfx import reference
-from sqfx.format import DENSE_BELOW_SPARSITY, MAX_INT32_IN_FEATURES, PackedLinear, pack
-from sqfx_testing import call_op
+from sqfx.format import DENSE_BELOW_SPARSITY, MAX_INT32_IN_FEATURES, pack
+from sqfx_testing import assert_same, call_op, call_reference, random_packed
 
 ISAS = sqfx.ops.available_isas()
 FAST_ISAS = [isa for isa in ISAS if isa != "generic"]
@@ -22,35 +20,14 @@ BLOCKS = [(1, 4), (8, 1), (4, 4), (1, 1), (16, 1), (1, 8), (2, 3)]
 M_VALUES = [0, 1, 2, 7, 8, 33, 128]
 
 
-def make_packed(n, k, block, sparsity, per_channel, seed, col_dtype=None, layout="sparse"):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    mask = torch.rand(math.ceil(n / block[0]), math.ceil(k / block[1]), generator=g) >= sparsity
-    bias = torch.randn(n, generator=g) if seed % 3 else None
-    p = pack(w, mask, block=block, per_channel=per_channel, bias=bias, layout=layout)
-    if col_dtype is not None:
-        p.col_idx = p.col_idx.to(col_dtype)
-    return p
-
-
-def reference_out(p: PackedLinear, x, relu):
-    return reference.qlinear_dynamic(x, *p.tensors(), p.in_features, relu)
-
-
-def same(a, b):
-    """torch.equal, except that NaN equals NaN (rows holding NaN/Inf give NaN outputs)."""
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
-
-
 def check_all_isas(p, x, relu):
-    expected = reference_out(p, x, relu)
+    """Bit-exact against the reference (NaN equal to NaN: rows holding NaN/Inf give NaN outputs)."""
+    expected = call_reference(p, x, relu)
     for isa in ISAS:
         with sqfx.ops.force_isa(isa):
             got = call_op(p, x, relu)
             kernel = p.kernel
-        assert got.shape == expected.shape
-        assert same(got, expected), f"isa={isa} kernel={kernel} differs from the reference"
+        assert_same(got, expected, f"isa={isa} kernel={kernel} differs from the reference:")
 
 
 def test_isa_helpers():
@@ -93,7 +70,7 @@ def test_this_machine_runs_the_fast_paths():
     seed=st.integers(0, 2**16),
 )
 def test_every_isa_matches_reference(n, k, block, sparsity, m, relu, per_channel, col_dtype, seed):
-    p = make_packed(n, k, block, sparsity, per_channel, seed, col_dtype)
+    p = random_packed(n, k, block, sparsity, per_channel, bias=seed % 3 != 0, seed=seed, col_dtype=col_dtype)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 4 - 1
     check_all_isas(p, x, relu)
 
@@ -102,7 +79,7 @@ def test_every_isa_matches_reference(n, k, block, sparsity, m, relu, per_channel
 @pytest.mark.parametrize("m", M_VALUES)
 def test_blocks_and_rows_grid(block, m):
     # Non-divisible N and K; every M regime (rows kernel, panel kernel with several chunks).
-    p = make_packed(45, 203, block, 0.6, True, seed=7)
+    p = random_packed(45, 203, block, 0.6, seed=7)
     x = torch.randn(m, 203) * 3
     check_all_isas(p, x, relu=False)
     check_all_isas(p, x, relu=True)
@@ -140,21 +117,18 @@ def test_extreme_rows():
     inf_row[-1] = float("inf")
     x = torch.stack(rows + [nan_row, inf_row] + [torch.randn(k) for _ in range(10)])
     for block in [(1, 4), (8, 1), (4, 4)]:
-        p = make_packed(33, k, block, 0.5, True, seed=3)
+        p = random_packed(33, k, block, 0.5, bias=False, seed=3)
         check_all_isas(p, x, relu=True)
         check_all_isas(p, x, relu=False)
 
 
 def test_dense_layout_equals_sparse_numerics():
-    g = torch.Generator().manual_seed(5)
-    w = torch.randn(50, 90, generator=g)
-    mask = torch.rand(50, 23, generator=g) >= 0.4
-    sparse = pack(w, mask, block=(1, 4), bias=torch.randn(50, generator=g))
-    dense = pack(w, mask, block=(1, 4), bias=sparse.bias, layout="dense").validate()
+    sparse = random_packed(50, 90, (1, 4), 0.4, seed=5)
+    dense = random_packed(50, 90, (1, 4), 0.4, seed=5, layout="dense").validate()  # the same weight
     assert dense.layout == "dense" and sparse.layout == "sparse"
     assert dense.block == (1, 92) and dense.nnz_blocks == 50
     assert torch.equal(dense.unpack(), sparse.unpack())
-    x = torch.randn(19, 90, generator=g)
+    x = torch.randn(19, 90, generator=torch.Generator().manual_seed(6))
     for isa in ISAS:
         with sqfx.ops.force_isa(isa):
             assert torch.equal(call_op(dense, x, True), call_op(sparse, x, True))
@@ -194,8 +168,8 @@ def test_layout_auto_and_kernel_names():
 
 
 def test_threads_give_identical_output():
-    p = make_packed(512, 384, (1, 4), 0.5, True, seed=11)
-    p8 = make_packed(512, 384, (8, 1), 0.5, True, seed=12)
+    p = random_packed(512, 384, (1, 4), 0.5, seed=11)
+    p8 = random_packed(512, 384, (8, 1), 0.5, bias=False, seed=12)
     before = torch.get_num_threads()
     try:
         for packed in (p, p8):
@@ -208,7 +182,7 @@ def test_threads_give_identical_output():
                         torch.set_num_threads(2)
                         two = call_op(packed, x, True)
                     assert torch.equal(one, two), (isa, m)
-                assert torch.equal(one, reference_out(packed, x, True))
+                assert torch.equal(one, call_reference(packed, x, True))
     finally:
         torch.set_num_threads(before)
 
@@ -217,7 +191,7 @@ def test_threads_give_identical_output():
 @pytest.mark.parametrize("block", [(1, 4), (8, 1)])
 @pytest.mark.parametrize("m", [1, 2, 3, 40])
 def test_fast_kernels_reject_out_of_range_column(isa, block, m):
-    p = make_packed(32, 64, block, 0.0, True, seed=2)
+    p = random_packed(32, 64, block, 0.0, seed=2)
     for bad in (p.n_col_blocks, -1):
         col_idx = p.col_idx.clone()
         col_idx[len(col_idx) // 2] = bad  # inside a full group of 8 blocks

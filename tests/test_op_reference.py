@@ -22,14 +22,14 @@ BLOCKS = [(1, 4), (8, 1), (4, 4), (1, 1), (16, 1)]
     seed=st.integers(0, 2**16),
 )
 def test_op_equals_reference(n, k, m, block, sparsity, per_channel, bias, relu, seed):
-    packed, _, _ = random_packed(n, k, block, sparsity, per_channel, bias, seed)
+    packed = random_packed(n, k, block, sparsity, per_channel, bias, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3
     assert torch.equal(call_op(packed, x, relu), call_reference(packed, x, relu))
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 5), (2, 3, 5), (1, 2, 3, 5)])
 def test_leading_dims(shape):
-    packed, _, _ = random_packed(6, 5, (1, 4), 0.3)
+    packed = random_packed(6, 5, (1, 4), 0.3)
     x = torch.randn(*shape)
     y = call_op(packed, x)
     assert y.shape == (*shape[:-1], 6)
@@ -37,7 +37,7 @@ def test_leading_dims(shape):
 
 
 def test_close_to_fp32_masked_linear():
-    packed, weight, _ = random_packed(64, 96, (1, 4), 0.5)
+    packed = random_packed(64, 96, (1, 4), 0.5)
     dense = packed.unpack()
     x = torch.randn(16, 96)
     y = call_op(packed, x)
@@ -65,13 +65,13 @@ def test_no_int16_saturation():
 
 
 def test_relu_fused():
-    packed, _, _ = random_packed(32, 32, (1, 4), 0.0)
+    packed = random_packed(32, 32, (1, 4), 0.0)
     x = torch.randn(4, 32)
     assert torch.equal(call_op(packed, x, relu=True), torch.relu(call_op(packed, x)))
 
 
 def test_nan_and_inf_rows_give_nan():
-    packed, _, _ = random_packed(8, 12, (1, 4), 0.0)
+    packed = random_packed(8, 12, (1, 4), 0.0)
     x = torch.randn(3, 12)
     x[1, 3] = float("nan")
     x[2, 0] = float("inf")
@@ -81,26 +81,26 @@ def test_nan_and_inf_rows_give_nan():
 
 
 def test_all_zero_input_gives_bias():
-    packed, _, _ = random_packed(8, 12, (1, 4), 0.5)
+    packed = random_packed(8, 12, (1, 4), 0.5)
     y = call_op(packed, torch.zeros(2, 12))
     assert torch.equal(y, packed.bias.expand(2, 8))
 
 
 def test_empty_batch():
-    packed, _, _ = random_packed(8, 12)
+    packed = random_packed(8, 12)
     y = call_op(packed, torch.empty(0, 3, 12))
     assert y.shape == (0, 3, 8)
 
 
 def test_non_contiguous_input():
-    packed, _, _ = random_packed(8, 12)
+    packed = random_packed(8, 12)
     x = torch.randn(12, 5).t()
     assert not x.is_contiguous()
     assert torch.equal(call_op(packed, x), call_op(packed, x.contiguous()))
 
 
 def test_fully_sparse_layer_gives_bias():
-    packed, _, _ = random_packed(8, 12, (1, 4), 1.0)
+    packed = random_packed(8, 12, (1, 4), 1.0)
     assert packed.nnz_blocks == 0
     y = call_op(packed, torch.randn(3, 12))
     assert torch.equal(y, packed.bias.expand(3, 8))
@@ -109,14 +109,14 @@ def test_fully_sparse_layer_gives_bias():
 @pytest.mark.parametrize("shape", [(7,), (3, 7), (2, 3, 7)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_opcheck(shape, relu):
-    packed, _, _ = random_packed(10, 7, (1, 4), 0.3)
+    packed = random_packed(10, 7, (1, 4), 0.3)
     x = torch.randn(*shape)
     torch.library.opcheck(torch.ops.sqfx.qlinear_dynamic.default,
                           (x, *packed.tensors(), packed.in_features, relu))
 
 
 def test_opcheck_without_bias_and_int32_indices():
-    packed, _, _ = random_packed(9, 13, (8, 1), 0.5, bias=False)
+    packed = random_packed(9, 13, (8, 1), 0.5, bias=False)
     packed.col_idx = packed.col_idx.int()
     x = torch.randn(4, 13)
     torch.library.opcheck(torch.ops.sqfx.qlinear_dynamic.default,
@@ -125,7 +125,7 @@ def test_opcheck_without_bias_and_int32_indices():
 
 
 def test_backward_raises():
-    packed, _, _ = random_packed(8, 12)
+    packed = random_packed(8, 12)
     x = torch.randn(2, 12, requires_grad=True)
     y = call_op(packed, x)
     with pytest.raises(RuntimeError, match="inference-only"):
@@ -133,7 +133,7 @@ def test_backward_raises():
 
 
 def test_threads_give_identical_results():
-    packed, _, _ = random_packed(256, 512, (1, 4), 0.8)
+    packed = random_packed(256, 512, (1, 4), 0.8)
     x = torch.randn(33, 512)
     old = torch.get_num_threads()
     try:

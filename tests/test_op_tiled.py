@@ -15,21 +15,11 @@ from hypothesis import strategies as st
 import sqfx.ops
 from sqfx import reference
 from sqfx.format import pack
+from sqfx_testing import assert_same, random_packed
 
 ISAS = sqfx.ops.available_isas()
 FAST = [isa for isa in ISAS if isa != "generic"]
 LANES, WINDOW = 16, 32
-
-
-def make(n, k, sparsity, seed, col_dtype=None, bias=True, per_channel=True):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    mask = torch.rand(n, math.ceil(k / 4), generator=g) >= sparsity
-    p = pack(w, mask, block=(1, 4), bias=torch.randn(n, generator=g) if bias else None,
-             per_channel=per_channel)
-    if col_dtype is not None:
-        p.col_idx = p.col_idx.to(col_dtype)
-    return p
 
 
 def op(p, x, relu=False, tiled=None):
@@ -60,7 +50,7 @@ def decode(p, tiled):
 @pytest.mark.parametrize("n,k,sparsity", [(45, 203, 0.6), (16, 128, 0.0), (33, 8, 0.3), (70, 400, 0.9),
                                           (5, 1000, 0.97)])
 def test_layout_holds_every_block_once(n, k, sparsity):
-    p = make(n, k, sparsity, seed=n)
+    p = random_packed(n, k, (1, 4), sparsity, seed=n)
     tiled = p.tiled()
     tile_ptr, step_col, slot_w, slot_idx, row_perm = tiled
     assert tile_ptr.dtype == step_col.dtype == row_perm.dtype == torch.int32
@@ -80,7 +70,7 @@ def test_padding_stays_small_on_random_masks():
     """Slots per stored block of the greedy windows with count-sorted rows (seeded: a change of
     the packer that loses this shows up here, not only in timings)."""
     for sparsity, bound in ((0.5, 1.15), (0.8, 1.35), (0.9, 1.6)):
-        p = make(512, 4096, sparsity, seed=1)
+        p = random_packed(512, 4096, (1, 4), sparsity, seed=1)
         slots = p.tiled()[1].numel() * LANES
         assert slots / p.nnz_blocks < bound, (sparsity, slots / p.nnz_blocks)
 
@@ -93,7 +83,7 @@ def test_padding_stays_small_on_random_masks():
     col_dtype=st.sampled_from([torch.int16, torch.int32]), seed=st.integers(0, 2**16),
 )
 def test_every_isa_matches_reference(n, k, sparsity, m, relu, per_channel, bias, col_dtype, seed):
-    p = make(n, k, sparsity, seed, col_dtype, bias=bias, per_channel=per_channel)
+    p = random_packed(n, k, (1, 4), sparsity, per_channel, bias, seed, col_dtype=col_dtype)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 4 - 1
     want = reference.qlinear_dynamic(x, *p.tensors(), k, relu)
     for isa in ISAS:
@@ -104,7 +94,7 @@ def test_every_isa_matches_reference(n, k, sparsity, m, relu, per_channel, bias,
 
 @pytest.mark.parametrize("isa", FAST)
 def test_tiled_kernels_are_chosen_for_small_m(isa):
-    p = make(64, 256, 0.8, seed=3)
+    p = random_packed(64, 256, (1, 4), 0.8, seed=3)
     with sqfx.ops.force_isa(isa):
         assert p.kernel_for(1) == f"qd8_bsr1x4_tiled16x32__{isa}"
         big = p.kernels()[-1]
@@ -128,13 +118,11 @@ def test_extreme_rows_and_saturation():
     want = reference.qlinear_dynamic(x, *p.tensors(), k, True)
     for isa in ISAS:
         with sqfx.ops.force_isa(isa):
-            got = op(p, x, relu=True)
-            assert torch.equal(torch.isnan(got), torch.isnan(want))
-            assert torch.equal(got.nan_to_num(0), want.nan_to_num(0)), isa
+            assert_same(op(p, x, relu=True), want, isa)
 
 
 def test_threads_give_identical_output():
-    p = make(512, 768, 0.8, seed=11)
+    p = random_packed(512, 768, (1, 4), 0.8, seed=11)
     before = torch.get_num_threads()
     try:
         for m in (1, 3, 8):
@@ -150,14 +138,14 @@ def test_threads_give_identical_output():
 
 
 def test_opcheck():
-    p = make(40, 96, 0.5, seed=2)
+    p = random_packed(40, 96, (1, 4), 0.5, seed=2)
     x = torch.randn(3, 96)
     torch.library.opcheck(torch.ops.sqfx.qlinear_dynamic.default,
                           (x, *p.tensors(), 96, False, *p.tiled()))
 
 
 def test_cache_follows_in_place_changes():
-    p = make(32, 64, 0.5, seed=4)
+    p = random_packed(32, 64, (1, 4), 0.5, seed=4)
     first = p.tiled()
     assert p.tiled() is first
     with torch.no_grad():
@@ -170,7 +158,7 @@ def test_cache_follows_in_place_changes():
 def test_inference_mode_tensors():
     """Tensors made under torch.inference_mode have no version counter (regression)."""
     with torch.inference_mode():
-        p = make(32, 64, 0.5, seed=4)
+        p = random_packed(32, 64, (1, 4), 0.5, seed=4)
         x = torch.randn(2, 64)
         assert torch.equal(p(x), reference.qlinear_dynamic(x, *p.tensors(), 64, False))
         p.values = p.values.neg()  # replacing a tensor is seen
@@ -191,7 +179,7 @@ def test_inference_mode_tensors():
     ("not_1x4", "only defined for 1x4"),
 ])
 def test_bad_tiled_tensors_raise(case, match):
-    p = make(40, 300, 0.5, seed=5)
+    p = random_packed(40, 300, (1, 4), 0.5, seed=5)
     tiled = [t.clone() for t in p.tiled()]
     args = list(p.tensors())
     if case == "missing":
@@ -228,7 +216,7 @@ def test_repeated_row_in_row_perm_is_defined_and_caught_on_load():
     row's outputs are 0), and validate_tiled rejects it."""
     from sqfx.format import PackedFormatError, validate_tiled
 
-    p = make(40, 300, 0.5, seed=5)
+    p = random_packed(40, 300, (1, 4), 0.5, seed=5)
     tiled = [t.clone() for t in p.tiled()]
     lost = int(tiled[4][1])
     tiled[4][1] = tiled[4][0]
@@ -239,7 +227,7 @@ def test_repeated_row_in_row_perm_is_defined_and_caught_on_load():
 
 
 def test_pack_tiled_rejects_bad_weights():
-    p = make(8, 64, 0.0, seed=6)
+    p = random_packed(8, 64, (1, 4), 0.0, seed=6)
     with pytest.raises(RuntimeError, match="for 1x4 blocks"):
         q = pack(torch.randn(8, 64), block=(2, 4))
         torch.ops.sqfx._pack_tiled(q.values, q.row_ptr, q.col_idx, q.w_scale, 64)
@@ -255,10 +243,10 @@ def test_pack_tiled_rejects_bad_weights():
 def test_module_derives_the_layout_and_keeps_it_out_of_the_state_dict():
     from sqfx.nn import SparseQuantLinear
 
-    p = make(48, 160, 0.8, seed=8)
+    p = random_packed(48, 160, (1, 4), 0.8, seed=8)
     mod = SparseQuantLinear(p)
     assert not any("tiled" in k for k in mod.state_dict())  # files keep packed format v1
-    fresh = SparseQuantLinear(make(48, 160, 0.3, seed=9))
+    fresh = SparseQuantLinear(random_packed(48, 160, (1, 4), 0.3, seed=9))
     fresh.load_state_dict(mod.state_dict())
     for name, t in zip(p.TILED_FIELDS, p.tiled()):
         assert torch.equal(getattr(fresh, f"tiled_{name}"), t)

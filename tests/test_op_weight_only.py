@@ -47,7 +47,7 @@ def kernel(request):
     per_channel=st.booleans(), seed=st.integers(0, 2**16),
 )
 def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_channel, seed):
-    packed = random_packed(n, k, block, sparsity, per_channel=per_channel, bias=bias, seed=seed)[0]
+    packed = random_packed(n, k, block, sparsity, per_channel=per_channel, bias=bias, seed=seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
     assert_close_to_reference(packed, x, relu)
 
@@ -63,14 +63,10 @@ def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_cha
     bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16),
 )
 def test_tiled_kernels_match_reference(kernel, n, k, m, block, sparsity, layout, bias, relu, seed):
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(n, k, generator=g)
-    if layout == "dense":
-        packed = sqfx.pack(weight, block=(1, 4), bias=torch.randn(n, generator=g) if bias else None,
-                           layout="dense")
-    else:
-        packed = random_packed(n, k, block, sparsity, bias=bias, seed=seed)[0]
-    x = torch.randn(m, k, generator=g) * 3
+    if layout == "dense":  # every weight stored, as one 1 x K_padded block per row
+        block, sparsity = (1, 4), 0.0
+    packed = random_packed(n, k, block, sparsity, bias=bias, seed=seed, layout=layout)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3
     assert_close_to_reference(packed, x, relu)
 
 
@@ -79,14 +75,14 @@ def test_rowdot_blocks_of_input_rows(kernel, sparsity):
     # Long rows: the rowdot kernel splits the input rows into blocks (kRowdotBlockBytes,
     # kRowdotMinBlockRows), here of 36 rows, with a ragged last block, and a ragged K against
     # the 16-float vectors.
-    packed = random_packed(37, 2003, (1, 4), sparsity, seed=9)[0]
+    packed = random_packed(37, 2003, (1, 4), sparsity, seed=9)
     x = torch.randn(77, 2003, generator=torch.Generator().manual_seed(2))
     for relu in (False, True):
         assert_close_to_reference(packed, x, relu)
 
 
 def test_kernels_agree_and_fit_fp32_linear():
-    packed, weight, mask = random_packed(96, 200, (1, 4), 0.7, seed=1)
+    packed = random_packed(96, 200, (1, 4), 0.7, seed=1)
     x = torch.randn(2, 5, 200)
     auto = call_wo(packed, x)
     with sqfx.ops.force_isa("generic"):
@@ -99,7 +95,7 @@ def test_kernels_agree_and_fit_fp32_linear():
 
 
 def test_int16_and_int32_col_idx(kernel):
-    packed = random_packed(16, 64, (1, 4), 0.5, seed=2)[0]
+    packed = random_packed(16, 64, (1, 4), 0.5, seed=2)
     x = torch.randn(3, 64)
     a = call_wo(packed, x)
     packed.col_idx = packed.col_idx.to(torch.int32 if packed.col_idx.dtype == torch.int16 else torch.int16)
@@ -107,7 +103,7 @@ def test_int16_and_int32_col_idx(kernel):
 
 
 def test_nan_and_inf_propagate(kernel):
-    packed = random_packed(8, 16, (1, 4), 0.0, seed=3)[0]
+    packed = random_packed(8, 16, (1, 4), 0.0, seed=3)
     x = torch.randn(3, 16)
     x[1, 2] = float("nan")
     y = call_wo(packed, x, relu=True)
@@ -126,7 +122,7 @@ def assert_same_nonfinite(got, want):
 def test_nonfinite_rows_match_reference_when_sparse(kernel, block, sparsity, m):
     # Regression: the kernels skip pruned blocks, so a NaN or Inf under a pruned block gave finite
     # outputs; the reference (a dense matmul) gives NaN (NaN * w, Inf * 0) or +-Inf there.
-    packed = random_packed(24, 40, block, sparsity, seed=7)[0]
+    packed = random_packed(24, 40, block, sparsity, seed=7)
     x = torch.randn(m, 40, generator=torch.Generator().manual_seed(1))
     x[0, 5] = float("nan")
     if m > 1:
@@ -144,7 +140,7 @@ def test_nonfinite_rows_match_reference_when_sparse(kernel, block, sparsity, m):
 @pytest.mark.parametrize("m", [2, 20, 70])
 @pytest.mark.parametrize("bad", [-1, 1000])
 def test_bad_col_idx_raises_on_every_kernel(kernel, sparsity, m, bad):
-    packed = random_packed(20, 48, (1, 4), sparsity, seed=8)[0]
+    packed = random_packed(20, 48, (1, 4), sparsity, seed=8)
     col_idx = packed.col_idx.clone()
     col_idx[len(col_idx) // 2] = bad
     with pytest.raises(RuntimeError, match="block column index outside"):
@@ -153,14 +149,14 @@ def test_bad_col_idx_raises_on_every_kernel(kernel, sparsity, m, bad):
 
 
 def test_noncontiguous_input(kernel):
-    packed = random_packed(12, 20, (2, 4), 0.3, seed=4)[0]
+    packed = random_packed(12, 20, (2, 4), 0.3, seed=4)
     x = torch.randn(20, 6).T  # 6 x 20, not contiguous
     torch.testing.assert_close(call_wo(packed, x), call_wo(packed, x.contiguous()), rtol=0, atol=0)
 
 
 @pytest.fixture
 def packed():
-    return random_packed(8, 12, (1, 4), 0.5)[0]
+    return random_packed(8, 12, (1, 4), 0.5)
 
 
 def _args(p, x):
@@ -194,14 +190,14 @@ def test_bad_arguments_raise(kernel, packed, index, bad, match):
 
 def test_opcheck():
     for block, m in [((1, 4), 3), ((2, 4), 1), ((3, 5), 4)]:
-        p = random_packed(10, 22, block, 0.5, seed=5)[0]
+        p = random_packed(10, 22, block, 0.5, seed=5)
         for relu in (False, True):
             torch.library.opcheck(torch.ops.sqfx.qlinear_weight_only.default,
                                   (torch.randn(m, 22), p.values, p.row_ptr, p.col_idx, p.w_scale, p.bias, 22, relu))
 
 
 def test_backward_is_refused():
-    p = random_packed(4, 8, (1, 4), 0.0)[0]
+    p = random_packed(4, 8, (1, 4), 0.0)
     x = torch.randn(2, 8, requires_grad=True)
     with pytest.raises(RuntimeError, match="inference-only"):
         call_wo(p, x).sum().backward()
@@ -257,7 +253,7 @@ def test_repeated_block_columns_add_on_every_kernel(kernel, m, block):
     # A crafted weight (only sqfx.load checks the column order) may store a block column twice in
     # a row block: the op still means the sum of the stored blocks, as the reference computes.
     # 60 output rows x 5 block columns, every block stored: the mostly-dense kernels run.
-    packed = random_packed(60, 20, block, 0.0, seed=4)[0]
+    packed = random_packed(60, 20, block, 0.0, seed=4)
     col_idx = packed.col_idx.clone()
     col_idx[1] = col_idx[0]  # row block 0: columns 0, 0, 2, ...
     col_idx[7] = col_idx[8]  # row block 1: ..., 3, 3
