@@ -17,9 +17,21 @@ parameters lifted to graph inputs whose example inputs are the real parameter te
    calls the op as an extern kernel.
 
 Weights are captured at compile time: packing reads the parameter values when the graph is
-compiled. Changing a weight afterwards (load_state_dict, an optimizer step) does NOT reach the
-compiled model; call `torch._dynamo.reset()` (or compile again) to repack. Why this route and not
-an Inductor post-grad pass: docs/design.md, "Compile backend".
+compiled. Dynamo lifts parameters to graph inputs and, by itself, does not guard on which tensors
+they are, so it would reuse this graph for another instance of the same module class. The backend
+therefore adds an identity guard (Dynamo's ID_MATCH) on every weight it packed
+(`_guard_packed_weights`): another instance fails the guard, Dynamo recompiles, and this backend
+packs that instance's weights into its own Inductor graph. Those are ordinary Dynamo cache
+entries: `torch._dynamo.config.recompile_limit` (8 by default, per code object) bounds them, an
+entry is dropped when its weights are freed (but still counts toward the limit until
+`torch._dynamo.reset()`), and past the limit Dynamo runs the model eagerly (fp32, with its
+"hit config.recompile_limit" warning).
+An in-place change of a packed weight (load_state_dict, an optimizer step) keeps the tensors, so
+no guard fails; the compiled callable checks each packed weight's version counter per call (and
+identity, should the guards have been filtered out) and, on a mismatch, re-packs and runs the
+converted graph without Inductor, with a warning: never the old weights' numbers. For compiled
+code again after such an update: `torch._dynamo.reset()` and compile. Why this route and not an
+Inductor post-grad pass: docs/design.md, "Compile backend".
 """
 from __future__ import annotations
 
@@ -47,12 +59,46 @@ def _packed_inputs(before: fx.GraphModule, after: fx.GraphModule, resolve) -> li
     return [i for i, (o, n) in enumerate(zip(old, new)) if resolve(o) is not None and len(n.users) < len(o.users)]
 
 
+def _guard_packed_weights(gm: fx.GraphModule, positions: list[int]) -> bool:
+    """Makes Dynamo guard on the identity of each packed weight input; False if it could not.
+
+    The packed buffers hold these tensors' values, so the graph is only valid for them, but Dynamo
+    (which always inlines nn.Modules and lifts their parameters to inputs) guards parameters by
+    metadata (dtype, shape, ...), not identity. An ID_MATCH guard on each placeholder's recorded
+    source makes another instance's call fail the guard and recompile; Dynamo ties the guard to a
+    weakref of the tensor, so when the tensor dies its cache entry is invalidated (its compiled
+    graph and packed buffers freed) and a reused id can never match.
+
+    Private API (torch 2.13): `TracingContext.try_get()` is the frame Dynamo is compiling (guards
+    added to it during the backend call are built into the frame's guard set after the backend
+    returns), `node.meta["grapharg"].source` the input's source, `install_guard` and
+    `GuardBuilder.ID_MATCH` what Dynamo itself uses. No version-counter guard: an accessor under
+    a parameter's guard node would turn off Dynamo's dict-tag fast path for the whole module tree;
+    WeightBoundGraph checks versions instead. Any failure here leaves the graph unguarded, which
+    WeightBoundGraph's identity check still catches (slow path, warning), never wrong numbers.
+    """
+    try:
+        from torch._dynamo.guards import GuardBuilder, install_guard
+        from torch._guards import TracingContext
+
+        if TracingContext.try_get() is None:  # called outside Dynamo (a direct backend call)
+            return False
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        sources = [getattr(placeholders[i].meta.get("grapharg"), "source", None) for i in positions]
+        if any(source is None for source in sources):
+            return False
+        install_guard(*(source.make_guard(GuardBuilder.ID_MATCH) for source in sources))
+        return True
+    except Exception:  # a torch without these internals: the runtime check stays the safety net
+        return False
+
+
 class WeightBoundGraph:
     """The compiled graph plus a check that it runs with the weights it packed.
 
-    Dynamo passes parameters as graph inputs and does not guard on which tensors they are: a
-    second instance of the same module class, or the same module after an in-place weight update,
-    reuses this compiled graph although its packed buffers hold the weights seen at compile time.
+    Dynamo guards on which weight tensors arrive (`_guard_packed_weights`), so another instance
+    of the module recompiles; but it does not see an in-place weight update (same tensors, new
+    values), and its guards may have been filtered out (a guard_filter_fn) or not installed.
     Each call therefore checks, per packed input, that it is the same tensor (weakref identity)
     at the same version counter (cheap: a few attribute reads per layer). On a mismatch the graph
     is re-packed from the weights given and run eagerly (no Inductor: its compile needs Dynamo's
@@ -89,10 +135,11 @@ class WeightBoundGraph:
             if not self.warned:
                 self.warned = True
                 warnings.warn(
-                    "sqfx backend: this compiled graph packed other weights (another instance of the same "
-                    "module class, or weights changed in place since compilation). Re-packing for these "
-                    "weights and running the graph without Inductor; call torch._dynamo.reset() and "
-                    "compile again for compiled code.", RuntimeWarning, stacklevel=2)
+                    "sqfx backend: this compiled graph packed other weights (weights changed in place "
+                    "since compilation, e.g. load_state_dict or an optimizer step, or Dynamo's weight "
+                    "identity guards were filtered out). Re-packing for these weights and running the "
+                    "graph without Inductor; call torch._dynamo.reset() and compile again for compiled "
+                    "code.", RuntimeWarning, stacklevel=2)
             runner, _ = convert_dynamo_graph(self.dynamo_gm, list(args), self.config)
             self.repacked = (self._key(args), runner)  # only the latest: bounded memory
         return runner(*args)
@@ -125,6 +172,7 @@ def backend(config=None, *, inductor_config: Optional[dict] = None,
         compiled = _inductor(converted, example_inputs, patches)
         if not positions:
             return compiled
+        _guard_packed_weights(gm, positions)
         return WeightBoundGraph(compiled, gm, graph_config, example_inputs, positions)
 
     sqfx_compile.sqfx_config = config
