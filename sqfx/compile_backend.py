@@ -43,6 +43,7 @@ import torch
 from torch import fx
 
 from .config import SparseQuantConfig, as_config
+from .ops import inference_only_message
 from .lowering import ConversionReport, convert_dynamo_graph
 from .patterns import dynamo_param_resolver
 
@@ -93,6 +94,35 @@ def _guard_packed_weights(gm: fx.GraphModule, positions: list[int]) -> bool:
         return False
 
 
+def _version(t: torch.Tensor) -> Optional[int]:
+    """The tensor's version counter; None for an inference tensor (a model built under
+    torch.inference_mode()), which has none: for those only identity is checked, so an in-place
+    update made inside inference mode is not seen (compile again after one)."""
+    return None if t.is_inference() else t._version
+
+
+class _RefuseBackward(torch.autograd.Function):
+    """Ties an output to the fp32 weights the compiled graph packed (and no longer reads), so a
+    backward reaches them and raises sqfx's error instead of silently giving them no gradient."""
+
+    @staticmethod
+    def forward(ctx, output, *weights):
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(inference_only_message("the torch.compile(backend=\"sqfx\") graph"))
+
+
+def _backward_refused(outputs, weights):
+    def tie(t):
+        return _RefuseBackward.apply(t, *weights) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(tie(t) for t in outputs)
+    return tie(outputs)
+
+
 class WeightBoundGraph:
     """The compiled graph plus a check that it runs with the weights it packed.
 
@@ -117,16 +147,23 @@ class WeightBoundGraph:
 
     def _key(self, args) -> list:
         # weakrefs, not ids: a dead tensor's id may be reused by a new one.
-        return [(weakref.ref(args[i]), args[i]._version) for i in self.positions]
+        return [(weakref.ref(args[i]), _version(args[i])) for i in self.positions]
 
     def _holds(self, key, args) -> bool:
         for (ref, version), i in zip(key, self.positions):
             t = args[i]
-            if ref() is not t or t._version != version:
+            if ref() is not t or _version(t) != version:
                 return False
         return True
 
+
     def __call__(self, *args):
+        outputs = self._run(*args)
+        if torch.is_grad_enabled() and any(args[i].requires_grad for i in self.positions):
+            outputs = _backward_refused(outputs, [args[i] for i in self.positions])
+        return outputs
+
+    def _run(self, *args):
         if self._holds(self.bound, args):
             return self.compiled(*args)
         if self.repacked is not None and self._holds(self.repacked[0], args):

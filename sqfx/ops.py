@@ -68,6 +68,12 @@ _BelowAutograd = torch._C._AutoDispatchBelowAutograd
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 
 
+def inference_only_message(what: str) -> str:
+    """The error of a backward through sqfx (the op, or a compiled graph that packed weights)."""
+    return (f"{what} is inference-only: it has no backward. Run the converted model under "
+            "torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead.")
+
+
 def _register_inference_only(name: str) -> None:
     """The op's Autograd kernel: runs the op below autograd, and when some input needs a gradient
     returns an output whose backward raises (the op is for inference only).
@@ -85,10 +91,7 @@ def _register_inference_only(name: str) -> None:
 
         @staticmethod
         def backward(ctx, grad):
-            raise RuntimeError(
-                f"sqfx.{name} is inference-only: it has no backward. Run the converted model under "
-                "torch.no_grad() / torch.inference_mode(), or fine-tune the fp32 model instead."
-            )
+            raise RuntimeError(inference_only_message(f"sqfx.{name}"))
 
     Refuse.__name__ = Refuse.__qualname__ = f"InferenceOnly_{name}"
     grad_enabled, any_requires_grad = torch._C.is_grad_enabled, torch._C._any_requires_grad

@@ -328,3 +328,31 @@ def test_graph_breaks_keep_exact_layer_names_and_overrides():
     assert [r.converted for r in reports] == [["fc1"], ["fc2", "fc3"]]
     assert reports[1]["fc2"].block == (2, 2)
     assert torch.equal(out, reference(x))
+
+
+def test_backward_through_a_compiled_model_raises_sqfxs_error():
+    """Bug 10: the user's weights still require grad, but the compiled graph reads their packed
+    copies, so backward used to give them no gradient silently ("does not require grad" at
+    best). It now raises sqfx's inference-only error; under no_grad nothing changes."""
+    torch.manual_seed(0)
+    model = MLP().eval()
+    assert all(p.requires_grad for p in model.parameters())
+    compiled = torch.compile(model, backend="sqfx")
+    x = torch.randn(2, 3, D)
+    y = compiled(x)
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="inference-only: it has no backward"):
+        y.sum().backward()
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(compiled(x), y.detach()) and not compiled(x).requires_grad
+
+
+def test_a_model_built_under_inference_mode_compiles():
+    """Inference tensors have no version counter: the weight check used to fail the compile."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = MLP().eval()
+        x = torch.randn(2, 3, D)
+        got = torch.compile(model, backend="sqfx")(x)
+        assert torch.equal(got, sqfx.prepare_and_convert(model)(x))
