@@ -45,6 +45,10 @@ def uarch(vendor: str, family: int | None, model: int | None) -> str | None:
 
 
 def isa_tier(flags) -> str:
+    # AMX's int8 tiles (Sapphire Rapids and later) change the dense int8 peers (oneDNN, OpenVINO)
+    # by several x: its machines are a family of their own, whatever model number a VM reports.
+    if "amx_int8" in flags and "avx512_vnni" in flags:
+        return "AVX-512 VNNI + AMX"
     if "avx512_vnni" in flags:
         return "AVX-512 VNNI"
     if "avx512f" in flags:
