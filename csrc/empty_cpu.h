@@ -7,6 +7,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include "check.h"
+
 #include <cstdint>
 #include <vector>
 
@@ -20,7 +22,7 @@ inline torch::stable::Tensor empty_cpu_float(const std::vector<int64_t>& sizes) 
     stride *= sizes[d] > 1 ? sizes[d] : 1;
   }
   AtenTensorHandle handle = nullptr;
-  STD_TORCH_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(),
+  SQFX_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(),
                                            aoti_torch_dtype_float32(), aoti_torch_device_type_cpu(), 0,
                                            &handle) == AOTI_TORCH_SUCCESS,
                   "sqfx: allocating the output failed");

@@ -41,10 +41,10 @@ namespace {
 TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optional<Tensor>& tile_ptr,
                         const std::optional<Tensor>& step_col, const std::optional<Tensor>& slot_w,
                         const std::optional<Tensor>& slot_idx, const std::optional<Tensor>& row_perm) {
-  STD_TORCH_CHECK(tile_ptr.has_value() && step_col.has_value() && slot_w.has_value() && slot_idx.has_value() &&
+  SQFX_CHECK(tile_ptr.has_value() && step_col.has_value() && slot_w.has_value() && slot_idx.has_value() &&
                       row_perm.has_value(),
                   op, ": the tiled layout needs all of tile_ptr, step_col, slot_w, slot_idx and row_perm");
-  STD_TORCH_CHECK(p.row_block == 1 && p.col_block == 4, op,
+  SQFX_CHECK(p.row_block == 1 && p.col_block == 4, op,
                   ": a tiled layout is only defined for 1x4 blocks, the weight has ", p.row_block, "x",
                   p.col_block);
   check_tensor(op, *tile_ptr, "tile_ptr", ScalarType::Int, 1);
@@ -55,23 +55,23 @@ TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optio
   TiledWeight t{};
   t.n_tiles = (p.N + kTiledLanes - 1) / kTiledLanes;
   t.n_steps = step_col->size(0);
-  STD_TORCH_CHECK(tile_ptr->size(0) == t.n_tiles + 1, op, ": tile_ptr has ", tile_ptr->size(0),
+  SQFX_CHECK(tile_ptr->size(0) == t.n_tiles + 1, op, ": tile_ptr has ", tile_ptr->size(0),
                   " entries, expected ceil(out_features / ", kTiledLanes, ") + 1 = ", t.n_tiles + 1);
-  STD_TORCH_CHECK(slot_w->size(0) == t.n_steps && slot_w->size(1) == 4 * kTiledLanes, op,
+  SQFX_CHECK(slot_w->size(0) == t.n_steps && slot_w->size(1) == 4 * kTiledLanes, op,
                   ": slot_w must be [", t.n_steps, ", ", 4 * kTiledLanes, "] (one row per step), got [",
                   slot_w->size(0), ", ", slot_w->size(1), "]");
-  STD_TORCH_CHECK(slot_idx->size(0) == t.n_steps && slot_idx->size(1) == kTiledLanes, op,
+  SQFX_CHECK(slot_idx->size(0) == t.n_steps && slot_idx->size(1) == kTiledLanes, op,
                   ": slot_idx must be [", t.n_steps, ", ", kTiledLanes, "] (one row per step), got [",
                   slot_idx->size(0), ", ", slot_idx->size(1), "]");
-  STD_TORCH_CHECK(row_perm->size(0) == t.n_tiles * kTiledLanes, op, ": row_perm has ", row_perm->size(0),
+  SQFX_CHECK(row_perm->size(0) == t.n_tiles * kTiledLanes, op, ": row_perm has ", row_perm->size(0),
                   " entries, expected ", t.n_tiles * kTiledLanes);
   // The loops below accumulate flags instead of checking each entry, so they
   // vectorize: this is per-call cost.
   const int32_t* tp = tile_ptr->const_data_ptr<int32_t>();
   bool monotone = tp[0] == 0;
   for (int64_t i = 0; i < t.n_tiles; ++i) monotone &= tp[i] <= tp[i + 1];
-  STD_TORCH_CHECK(monotone, op, ": tile_ptr must start at 0 and be non-decreasing");
-  STD_TORCH_CHECK(tp[t.n_tiles] == t.n_steps, op, ": tile_ptr[-1] = ", tp[t.n_tiles],
+  SQFX_CHECK(monotone, op, ": tile_ptr must start at 0 and be non-decreasing");
+  SQFX_CHECK(tp[t.n_tiles] == t.n_steps, op, ": tile_ptr[-1] = ", tp[t.n_tiles],
                   " must equal the number of steps ", t.n_steps);
   // Lanes name output rows in [0, N) or -1, N of them. That a row is named
   // exactly once is checked on load (validate_tiled, O(N) with a bitmap, too
@@ -84,7 +84,7 @@ TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optio
     in_range &= perm[i] >= -1 && perm[i] < p.N;
     lanes_used += perm[i] >= 0;
   }
-  STD_TORCH_CHECK(in_range && lanes_used == p.N, op, ": row_perm must name each of the ", p.N,
+  SQFX_CHECK(in_range && lanes_used == p.N, op, ": row_perm must name each of the ", p.N,
                   " output rows once (-1 for unused lanes)");
   // Window starts in [0, max(0, n_col_blocks - kTiledWindow)]: the scratch rows
   // hold kTiledWindow dwords past any of them. One unsigned compare each
@@ -94,7 +94,7 @@ TiledWeight check_tiled(const char* op, const CheckedPacked& p, const std::optio
   // (an OR of compares: this file is built for baseline x86-64, which has no unsigned max)
   int32_t outside = 0;
   for (int64_t s = 0; s < t.n_steps; ++s) outside |= static_cast<uint32_t>(cols[s]) > last;
-  STD_TORCH_CHECK(!outside, op, ": step_col holds a window start outside [0, ", last, "]");
+  SQFX_CHECK(!outside, op, ": step_col holds a window start outside [0, ", last, "]");
   t.tile_ptr = tp;
   t.step_col = cols;
   t.slot_w = slot_w->const_data_ptr<int8_t>();
@@ -168,10 +168,10 @@ std::string kernel_for(std::string op, Tensor values, Tensor row_ptr, Tensor col
   if (op == "qlinear_weight_only") {
     kind = Op::kWeightOnly;
   } else {
-    STD_TORCH_CHECK(op == "qlinear_dynamic", "sqfx._kernel_for: op must be 'qlinear_dynamic' or ",
+    SQFX_CHECK(op == "qlinear_dynamic", "sqfx._kernel_for: op must be 'qlinear_dynamic' or ",
                     "'qlinear_weight_only', got '", op, "'");
   }
-  STD_TORCH_CHECK(M >= 0, "sqfx._kernel_for: M must be >= 0, got ", M);
+  SQFX_CHECK(M >= 0, "sqfx._kernel_for: M must be >= 0, got ", M);
   const CheckedPacked p =
       check_packed("sqfx._kernel_for", values, row_ptr, col_idx, w_scale, std::nullopt, in_features);
   BsrWeight w{p.values, p.row_ptr, p.col_idx, p.col_idx_16, p.w_scale, nullptr, p.bias, p.N, p.K,
@@ -187,7 +187,7 @@ std::vector<Tensor> pack_tiled(Tensor values, Tensor row_ptr, Tensor col_idx, Te
                                int64_t in_features) {
   constexpr const char* op = "sqfx._pack_tiled";
   const CheckedPacked p = check_packed(op, values, row_ptr, col_idx, w_scale, std::nullopt, in_features);
-  STD_TORCH_CHECK(p.row_block == 1 && p.col_block == 4, op, ": the tiled layout is for 1x4 blocks, got ",
+  SQFX_CHECK(p.row_block == 1 && p.col_block == 4, op, ": the tiled layout is for 1x4 blocks, got ",
                   p.row_block, "x", p.col_block);
   // O(nnz): block columns in range and strictly increasing per row (the greedy
   // tiling takes each row's blocks in column order).
@@ -196,7 +196,7 @@ std::vector<Tensor> pack_tiled(Tensor values, Tensor row_ptr, Tensor col_idx, Te
     for (int64_t j = p.row_ptr[r]; j < p.row_ptr[r + 1]; ++j) {
       const int64_t c = p.col_idx_16 ? static_cast<const int16_t*>(p.col_idx)[j]
                                      : static_cast<const int32_t*>(p.col_idx)[j];
-      STD_TORCH_CHECK(c > prev && c < p.n_col_blocks, op, ": col_idx must be increasing within each row ",
+      SQFX_CHECK(c > prev && c < p.n_col_blocks, op, ": col_idx must be increasing within each row ",
                       "and in [0, ", p.n_col_blocks, "), got ", c, " at block ", j);
       prev = c;
     }

@@ -576,6 +576,10 @@ def test_tensors_at_odd_addresses_compute_the_reference(name, block, layout):
     lambda p, x: torch.ops.sqfx.qlinear_weight_only(x, p.values, p.row_ptr, torch.full_like(p.col_idx, 999),
                                                     p.w_scale, p.bias, 13, False),
     lambda p, x: torch.ops.sqfx._set_kernel_isa("no-such-isa"),
+    # the tiled layout's checks (csrc/qlinear_dynamic.cpp) and _kernel_for's
+    lambda p, x: OP(x, *p.tensors(), 13, False, *(t[:-1] if i == 0 else t for i, t in enumerate(p.tiled()))),
+    lambda p, x: torch.ops.sqfx._pack_tiled(p.values, p.row_ptr, p.col_idx.flip(0).contiguous(), p.w_scale, 13),
+    lambda p, x: p.kernel_for(-1),
 ])
 def test_op_messages_name_the_problem_without_build_machine_paths(call):
     p = random_packed(9, 13, (1, 4), 0.3)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import sqfx.ops
 from sqfx import reference
 from sqfx.format import pack
-from sqfx_testing import assert_same, call_reference, random_packed
+from sqfx_testing import assert_same, call_op, call_reference, random_packed
 
 PATHS = ["auto"] + sqfx.ops.available_isas()
 
@@ -190,3 +190,59 @@ def test_gemm_rejects_bad_column_in_any_k_tile(bad, where):
         with ctx, pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
             torch.ops.sqfx.qlinear_dynamic(torch.randn(64, k), p.values, p.row_ptr, col_idx, p.w_scale, p.w_sum,
                                            p.bias, k, False)
+
+
+# ---- the densify row: sparse 1x4 at large M through oneDNN's dense GEMM (AMX CPUs) ----
+DENSIFY = "qd8_bsr1x4_densify_onednn__avx512vnni"
+
+
+def _densify_weight(n=48, k=2048, sparsity=0.7, seed=0):
+    return random_packed(n, k, (1, 4), sparsity, seed=seed)
+
+
+@pytest.fixture
+def densify_on(monkeypatch):
+    """SQFX_DENSIFY=1 turns the row on on any CPU where oneDNN's s8 GEMM is exact (VNNI)."""
+    monkeypatch.setenv("SQFX_DENSIFY", "1")
+    if _densify_weight().kernel_for(1024) != DENSIFY:
+        pytest.skip("oneDNN's int8 GEMM is not exact on this CPU (no VNNI): the densify row is off")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_densify_row_is_exact(densify_on, relu):
+    p = _densify_weight()
+    x = with_special_rows(torch.randn(1030, 2048) * 2)
+    assert p.kernel_for(x.shape[0]) == DENSIFY
+    assert_same(call_op(p, x, relu), call_reference(p, x, relu))
+
+
+def test_densify_row_conditions(densify_on, monkeypatch):
+    assert _densify_weight().kernel_for(1023) != DENSIFY  # below kDensifyMinRows
+    assert _densify_weight(sparsity=0.9).kernel_for(4096) != DENSIFY  # too sparse: the sparse GEMM wins
+    assert _densify_weight(k=768).kernel_for(4096) != DENSIFY  # small K: the sparse GEMM wins
+    with sqfx.ops.force_isa("avx512vnni") if "avx512vnni" in PATHS else sqfx.ops.force_isa("avx2"):
+        assert _densify_weight().kernel_for(4096) != DENSIFY  # a forced ISA runs our own kernels
+    monkeypatch.setenv("SQFX_DENSIFY", "0")
+    assert _densify_weight().kernel_for(4096) != DENSIFY
+
+
+def test_densify_row_ignores_a_tampered_w_sum(densify_on):
+    """The scatter recomputes the true row sums for the q - 128 shift, so a tampered (in-bound)
+    w_sum gives the reference's answer, as on every other path."""
+    p = _densify_weight(seed=1)
+    p.w_sum = p.w_sum + torch.arange(p.w_sum.numel(), dtype=torch.int32) % 7 - 3
+    x = torch.randn(1024, 2048)
+    assert_same(call_op(p, x), call_reference(p, x))
+
+
+def test_densify_row_hands_repeated_columns_on_and_refuses_bad_ones(densify_on):
+    p = _densify_weight(n=8, seed=2)
+    row0 = slice(int(p.row_ptr[0]), int(p.row_ptr[1]))
+    p.col_idx[row0] = p.col_idx[row0][0]  # a crafted weight: every block of row 0 in one column
+    x = torch.randn(1024, 2048)
+    with sqfx.ops.force_isa("generic"):  # (the reference's int8 expansion cannot hold the sums)
+        expected = call_op(p, x)
+    assert_same(call_op(p, x), expected)  # the next row (the sparse GEMM) adds them, as every kernel
+    p.col_idx[0] = p.col_idx.new_tensor(10_000)
+    with pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+        call_op(p, x)

@@ -4,6 +4,8 @@ The op dispatches at run time (csrc/kernels/dispatch.cpp) on block shape, M and 
 each ISA the machine has is forced in turn (sqfx.ops.force_isa) and compared with
 torch.equal against sqfx.reference.qlinear_dynamic.
 """
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -263,9 +265,19 @@ def test_kernel_table_reaches_every_kernel_and_isa():
     onednn = probes[1].kernel_for(1000)
     assert onednn in names and (onednn == "qd8_dense_onednn__avx512vnni" or onednn.startswith("qd8_dense_panel"))
     seen.add(onednn)
+    # Unforced, a sparse 1x4 weight of >= 15% blocks and K >= 2048 at M >= 1024 runs oneDNN's GEMM
+    # on a dense scatter where SQFX_DENSIFY=1 (by default: AMX CPUs) and oneDNN is exact.
+    densify = pack(torch.randn(16, 2048), block=(1, 4))
+    os.environ["SQFX_DENSIFY"] = "1"
+    try:
+        densified = densify.kernel_for(1024)
+    finally:
+        del os.environ["SQFX_DENSIFY"]
+    seen.add(densified)
     reachable = {n for n in names if n.rsplit("__", 1)[1] in {"scalar", *ISAS}}
     if onednn != "qd8_dense_onednn__avx512vnni":  # this CPU's oneDNN s8 GEMM is not exact
         reachable.discard("qd8_dense_onednn__avx512vnni")
+        reachable.discard("qd8_bsr1x4_densify_onednn__avx512vnni")
     assert reachable <= seen, reachable - seen
 
 

@@ -35,6 +35,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,9 @@
 #include "wo_kernels.h"
 
 namespace sqfx {
+// The first row from `from` on that serves the call (select_kernel: from the top).
+const KernelEntry& select_from(const KernelEntry* from, Op op, Isa isa, const BsrWeight& w, int64_t M);
+
 namespace {
 
 constexpr int64_t kPanelMinRows = 4;
@@ -66,6 +70,11 @@ constexpr int64_t kOnednnMinRows = 16;
 constexpr int64_t kGemmMinRows = 32;
 constexpr int64_t kGemmChunkRows = 64;
 
+// Sparse 1x4 weights with at least kDensifyMinPercent of their blocks, from this many rows
+// on, on CPUs whose oneDNN int8 GEMM runs on AMX tiles: scattered into a dense scratch for
+// that GEMM (the scatter costs N x K bytes, under 4% of the GEMM from here on).
+constexpr int64_t kDensifyMinRows = 1024;
+
 // SQFX_BASELINE_PANEL=1 (read once) keeps the first-version panel kernels for
 // 1x4 at every M: the baseline the benchmarks compare the GEMM with.
 bool gemm_1x4_enabled() {
@@ -77,7 +86,7 @@ bool gemm_1x4_enabled() {
 }
 
 struct Caps {
-  bool avx2 = false, vnni = false;
+  bool avx2 = false, vnni = false, amx_int8 = false;
 };
 
 const Caps& caps() {
@@ -88,6 +97,7 @@ const Caps& caps() {
     r.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     r.vnni = r.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    r.amx_int8 = __builtin_cpu_supports("amx-int8");
 #endif
     return r;
   }();
@@ -105,7 +115,10 @@ Isa best_isa() {
 #if defined(__x86_64__) || defined(_M_X64)
 bool onednn_unforced();
 bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
+bool densify_enabled();
+bool run_densified_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
 #endif
+void run_entry(const KernelEntry& kernel, const float* x, int64_t M, const BsrWeight& w, bool relu, float* out);
 
 constexpr int64_t kNoLimit = INT64_MAX;
 constexpr Op D = Op::kDynamic, W = Op::kWeightOnly;
@@ -119,6 +132,7 @@ const KernelEntry kTable[] = {
     {"qd8_bsr1x4c_rows__avx512vnni",       D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    1, kPanelMinRows - 1,       true, bsr_1x4_rows_avx512vnni, nullptr, nullptr},
     {"qd8_dense_onednn__avx512vnni",       D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kDense,  kOnednnMinRows, kNoLimit,   true, nullptr, nullptr, nullptr, 0, onednn_unforced, run_dense_onednn},
     {"qd8_dense_panel4x64__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kDense,  kPanelMinRows, kNoLimit,    true, nullptr, dense_panel_avx512vnni, nullptr},
+    {"qd8_bsr1x4_densify_onednn__avx512vnni", D, Isa::kAvx512Vnni, BlockRule::k1x4, Layout::kSparseDensifiable, kDensifyMinRows, kNoLimit, true, nullptr, nullptr, nullptr, 0, densify_enabled, run_densified_onednn},
     {"qd8_bsr1x4_gemm64x1__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4,  Layout::kSparse, kGemmMinRows, kNoLimit,     true, nullptr, gemm_1x4_64x1_avx512vnni, nullptr, kGemmChunkRows, gemm_1x4_enabled},
     {"qd8_bsr1x4c_panel16__avx512vnni",    D, Isa::kAvx512Vnni, BlockRule::k1x4c, Layout::kAny,    kPanelMinRows, kNoLimit,    true, nullptr, bsr_1x4_panel_avx512vnni, nullptr},
     {"qd8_bsr1x4_tiled16x32__avx2",        D, Isa::kAvx2,       BlockRule::k1x4,  Layout::kTiled,  1, kTiledMaxRowsAvx2,       true, bsr_1x4_tiled_avx2, nullptr, nullptr},
@@ -172,6 +186,8 @@ struct Scratch {
   std::vector<uint8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> zp;
+  std::vector<int8_t> dense;     // run_densified_onednn: the weight scattered to [N, K_pad]
+  std::vector<int32_t> row_sum;  // and its true row sums
 };
 thread_local Scratch tls;
 
@@ -183,7 +199,10 @@ thread_local Scratch tls;
 constexpr size_t kKeepScratchBytes = size_t{16} << 20;
 struct ReleaseLargeScratch {
   ~ReleaseLargeScratch() {
-    if (tls.q.capacity() + 8 * tls.scale.capacity() > kKeepScratchBytes) tls = Scratch{};
+    // (the densified weight is kept up to 4x more: re-faulting it in costs ~10% of its GEMM)
+    if (tls.q.capacity() + 8 * tls.scale.capacity() > kKeepScratchBytes ||
+        tls.dense.capacity() > 4 * kKeepScratchBytes)
+      tls = Scratch{};
   }
 };
 
@@ -201,7 +220,7 @@ void quantize_panel(const float* x, int64_t K, int64_t b, int64_t e, const Panel
 #if defined(__x86_64__) || defined(_M_X64)
   quantize_panel_avx2(x, K, b, e, a);  // panel kernels exist on x86 only so far
 #else
-  STD_TORCH_CHECK(false, "sqfx: no panel quantizer for this architecture");
+  SQFX_CHECK(false, "sqfx: no panel quantizer for this architecture");
 #endif
 }
 
@@ -225,6 +244,65 @@ bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, 
   run_range(M, 4 * w.N, [&](int64_t b, int64_t e) { dense_onednn_epilogue_rows(a, w, relu, out, b, e); });
   return true;
 }
+
+// SQFX_DENSIFY=1 / 0 forces the densify row on / off (tests, benchmarks); by default it runs
+// on AMX CPUs only: with VNNI alone oneDNN's dense GEMM has no such lead over the sparse one.
+bool densify_enabled() {
+  if (!onednn_unforced()) return false;
+  const char* v = std::getenv("SQFX_DENSIFY");
+  if (v != nullptr && (std::strcmp(v, "1") == 0 || std::strcmp(v, "0") == 0)) return v[0] == '1';
+  return caps().amx_int8;
+}
+
+// A sparse 1x4 weight, large M: scattered into a dense [N, K_pad] int8 scratch (with its true
+// row sums, so the q - 128 shift is undone exactly whatever w_sum says), then oneDNN's GEMM and
+// the dense epilogue. A column out of range fails the call; two blocks of a row in the same
+// column (a crafted weight, whose sum int8 may not hold) hand the call to the next row.
+bool run_densified_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
+  const int64_t ld = w.n_col_blocks * w.col_block;
+  int8_t* dense = grow(tls.dense, w.N * ld);
+  int32_t* row_sum = grow(tls.row_sum, w.N);
+  std::atomic<bool> bad_col{false}, repeated{false};
+  run_range(w.N, 4 * ld, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      int8_t* row = dense + n * ld;
+      std::memset(row, 0, static_cast<size_t>(ld));
+      int32_t sum = 0;
+      for (int64_t j = w.row_ptr[n]; j < w.row_ptr[n + 1]; ++j) {
+        const int64_t col = w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[j]
+                                         : static_cast<const int32_t*>(w.col_idx)[j];
+        if (col < 0 || col >= w.n_col_blocks) {
+          bad_col.store(true, std::memory_order_relaxed);
+          return;
+        }
+        int8_t* dst = row + col * 4;
+        const int8_t* src = w.values + j * 4;
+        if ((dst[0] | dst[1] | dst[2] | dst[3]) != 0) {
+          repeated.store(true, std::memory_order_relaxed);
+          return;
+        }
+        std::memcpy(dst, src, 4);
+        sum += src[0] + src[1] + src[2] + src[3];
+      }
+      row_sum[n] = sum;  // |sum| <= 127 * K_pad: int32 below kMaxInt32InFeatures
+    }
+  });
+  if (bad_col.load()) return false;
+  if (repeated.load()) {
+    const KernelEntry* self = std::begin(kTable);
+    while (self->call != run_densified_onednn) ++self;
+    run_entry(select_from(self + 1, Op::kDynamic, current_isa(), w, M), x, M, w, relu, out);
+    return true;
+  }
+  const int64_t K = w.K;
+  QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
+  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
+  dense_onednn_gemm_raw(a, dense, w.N, ld, reinterpret_cast<int32_t*>(out));
+  run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
+    dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
+  });
+  return true;
+}
 #endif
 
 }  // namespace
@@ -239,13 +317,17 @@ const KernelEntry* kernel_table(int* count) {
   return kTable;
 }
 
-const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) {
+const KernelEntry& select_from(const KernelEntry* from, Op op, Isa isa, const BsrWeight& w, int64_t M) {
   const bool int32_ok = w.n_col_blocks * w.col_block <= kMaxInt32InFeatures;
   const bool dense = is_dense_layout(w);
-  const bool mostly_dense = w.nnz * 100 >= kDenseMinPercent * w.n_row_blocks * w.n_col_blocks;
+  const int64_t blocks = w.n_row_blocks * w.n_col_blocks;
+  const bool mostly_dense = w.nnz * 100 >= kDenseMinPercent * blocks;
+  const bool densifiable = !dense && w.nnz * 100 >= kDensifyMinPercent * blocks &&
+                           w.n_col_blocks * w.col_block >= kDensifyMinInFeatures;
   const int64_t m = std::max<int64_t>(M, 1);  // M = 0 reports the M = 1 kernel (nothing runs)
   const KernelEntry* last = nullptr;
-  for (const KernelEntry& e : kTable) {
+  for (const KernelEntry* it = from; it != std::end(kTable); ++it) {
+    const KernelEntry& e = *it;
     if (e.op != op) continue;
     last = &e;
     if (static_cast<int>(e.isa) > static_cast<int>(isa)) continue;
@@ -256,11 +338,16 @@ const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) 
     if (e.layout == Layout::kTiled && w.tiled == nullptr) continue;
     if (e.layout == Layout::kMostlyDense && !mostly_dense) continue;
     if (e.layout == Layout::kMostlySparse && mostly_dense) continue;
+    if (e.layout == Layout::kSparseDensifiable && !densifiable) continue;
     if (m < e.m_min || m > e.m_max) continue;
     if (e.usable != nullptr && !e.usable()) continue;
     return e;
   }
   return *last;  // unreachable: each op's last row (generic) matches everything
+}
+
+const KernelEntry& select_kernel(Op op, Isa isa, const BsrWeight& w, int64_t M) {
+  return select_from(std::begin(kTable), op, isa, w, M);
 }
 
 const char* const* available_isas(int* count) {
@@ -289,10 +376,15 @@ const char* active_isa_name() { return kIsaNames[static_cast<int>(current_isa())
 void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
   if (M <= 0 || w.N <= 0) return;
   const ReleaseLargeScratch release;
+  run_entry(select_kernel(Op::kDynamic, current_isa(), w, M), x, M, w, relu, out);
+}
+
+namespace {
+
+void run_entry(const KernelEntry& kernel, const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
   const int64_t K = w.K, cb = w.col_block, rb = w.row_block;
   const int64_t ld = w.n_col_blocks * cb;
   const Isa isa = current_isa();
-  const KernelEntry& kernel = select_kernel(Op::kDynamic, isa, w, M);
   const int64_t macs_per_rb =
       std::max<int64_t>(1, (w.nnz / std::max<int64_t>(1, w.n_row_blocks)) * rb * cb);
   std::atomic<bool> ok{true};
@@ -340,5 +432,7 @@ void run_qlinear(const float* x, int64_t M, const BsrWeight& w, bool relu, float
   });
   if (!ok.load()) raise_bad_col(w);
 }
+
+}  // namespace
 
 }  // namespace sqfx

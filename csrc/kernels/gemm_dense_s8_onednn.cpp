@@ -90,6 +90,10 @@ bool dense_onednn_usable() {
   return usable;
 }
 
+void dense_onednn_gemm_raw(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c) {
+  int_mm(reinterpret_cast<const int8_t*>(a.q), a.M, a.ld, a.ld, weight, N, ldw, c);
+}
+
 bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out) {
   // The dense layout stores block column 0 in every row; check what we ignore.
   for (int64_t n = 0; n < w.N; ++n) {
@@ -98,14 +102,16 @@ bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out) {
     if (col != 0) return false;
   }
   // C (int32) goes straight into out's memory; the epilogue converts it in place.
-  int_mm(reinterpret_cast<const int8_t*>(a.q), a.M, a.ld, a.ld, w.values, w.N, w.col_block,
-         reinterpret_cast<int32_t*>(out));
+  dense_onednn_gemm_raw(a, w.values, w.N, w.col_block, reinterpret_cast<int32_t*>(out));
   return true;
 }
 
 __attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
     const QuantizedRows& a, const BsrWeight& w, bool relu, float* out, int64_t m_begin,
-    int64_t m_end) {
+    int64_t m_end, const int32_t* shift_sum) {
+  // shift_sum: the true row sums of the weight the GEMM read (undoes the q - 128 shift);
+  // null: w.w_sum (the dense layout, whose w_sum the op bounds but does not recompute).
+  const int32_t* ssum = shift_sum != nullptr ? shift_sum : w.w_sum;
   for (int64_t m = m_begin; m < m_end; ++m) {
     float* y = out + m * w.N;  // holds C as int32 on entry
     const char* cm = reinterpret_cast<const char*>(y);
@@ -114,7 +120,7 @@ __attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
       __m256i acc;
       if (count == 8) {
         // acc = C + 128 * w_sum (wrapping; the true value fits in int32)
-        const __m256i wsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.w_sum + n0));
+        const __m256i wsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ssum + n0));
         acc = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cm + 4 * n0)),
                                _mm256_slli_epi32(wsum, 7));
       } else {
@@ -122,7 +128,7 @@ __attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
         std::memcpy(t, cm + 4 * n0, count * sizeof(int32_t));
         for (int64_t r = 0; r < count; ++r)
           t[r] = static_cast<int32_t>(static_cast<uint32_t>(t[r]) +
-                                      (static_cast<uint32_t>(w.w_sum[n0 + r]) << 7));
+                                      (static_cast<uint32_t>(ssum[n0 + r]) << 7));
         acc = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
       }
       x86::epilogue_n8(acc, a.zp[m], a.scale[m], w, n0, count, relu, y);

@@ -173,9 +173,12 @@ bool dense_onednn_usable();
 // out [M, N] <- int32 C = a.q (as int8: quantized with flip 0x80, q - 128) x
 // weights^T (false: a col_idx is not 0).
 bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out);
+// c [a.M, N] (int32) = a.q (as int8) x weight^T, weight [N, K] with row stride ldw.
+void dense_onednn_gemm_raw(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c);
 // Converts rows [m_begin, m_end) of out from C to the final floats, in place.
 void dense_onednn_epilogue_rows(const QuantizedRows& a, const BsrWeight& w, bool relu,
-                                float* out, int64_t m_begin, int64_t m_end);
+                                float* out, int64_t m_begin, int64_t m_end,
+                                const int32_t* shift_sum = nullptr);
 // 1x4 weights with a tiled layout (w.tiled), small M: gather-free, lane =
 // output row, window dwords picked by vpermi2d (VNNI) / vpermd + blends (AVX2).
 // Here rb_begin / rb_end count tiles of kTiledLanes rows.
@@ -221,11 +224,20 @@ enum class Layout : int {
   kTiled,   // the call carries the small-M tiled layout (w.tiled) of a 1x4 weight
   kMostlyDense,   // at least kDenseMinPercent of the blocks stored (the dense layout too)
   kMostlySparse,  // fewer
+  kSparseDensifiable,  // sparse (not the dense layout) with at least kDensifyMinPercent of the blocks
   kAny,
 };
+// Where, at large M on a CPU whose oneDNN int8 GEMM uses AMX tiles, scattering a sparse 1x4
+// weight into a dense scratch and running that GEMM beats the VNNI sparse GEMM: at least
+// kDensifyMinPercent of the blocks stored and padded in_features >= kDensifyMinInFeatures
+// (measured on an AMX Xeon, best of 9-21 interleaved rounds, 80% sparse, M = 1024-4096:
+// 1.2-1.4x at K = 3072, 1.0-1.7x at 4096; 0.7-0.95x at K <= 768, where oneDNN's GEMM is
+// less efficient; at 90% the sparse GEMM won or tied).
 // Stored fraction of the blocks from which the weight-only dense tiles (dense FMA
 // count, best register reuse) beat the sparse ones (FMAs only for stored blocks).
 constexpr int64_t kDenseMinPercent = 40;
+constexpr int64_t kDensifyMinPercent = 15;
+constexpr int64_t kDensifyMinInFeatures = 2048;
 
 struct KernelEntry {
   const char* name;
