@@ -12,8 +12,8 @@ comparison can be made on CPUs without AMX, where it is off by default.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+from unittest import mock
 
 import torch
 
@@ -23,17 +23,8 @@ from bench.timing import TimingPolicy, time_interleaved
 from bench.workloads import block_magnitude_mask, parse_shape, random_weight
 
 
-@contextlib.contextmanager
 def _densify(value: str):
-    before = os.environ.get("SQFX_DENSIFY")
-    os.environ["SQFX_DENSIFY"] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SQFX_DENSIFY"]
-        else:
-            os.environ["SQFX_DENSIFY"] = before
+    return mock.patch.dict(os.environ, {"SQFX_DENSIFY": value})
 
 
 def main(argv=None) -> None:
