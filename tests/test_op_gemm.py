@@ -246,3 +246,14 @@ def test_densify_row_hands_repeated_columns_on_and_refuses_bad_ones(densify_on):
     p.col_idx[0] = p.col_idx.new_tensor(10_000)
     with pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
         call_op(p, x)
+
+
+@pytest.mark.parametrize("m", [16, 100])
+def test_dense_onednn_path_ignores_a_tampered_w_sum(m):
+    """The oneDNN row undid its q - 128 shift with w_sum, so an in-bound tampered w_sum (a .pt2
+    read with plain torch.export.load) changed its answer while every other kernel kept the
+    reference's; it now uses the weight's true row sums."""
+    p = sqfx.pack(torch.randn(40, 200), layout="dense")
+    p.w_sum = p.w_sum + torch.arange(40, dtype=torch.int32) % 5 - 2
+    x = torch.randn(m, 200)
+    assert_same(call_op(p, x), call_reference(p, x))

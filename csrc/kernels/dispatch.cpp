@@ -241,7 +241,13 @@ bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, 
   QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
   run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
   if (!dense_onednn_gemm(a, w, out)) return false;
-  run_range(M, 4 * w.N, [&](int64_t b, int64_t e) { dense_onednn_epilogue_rows(a, w, relu, out, b, e); });
+  // The q - 128 shift is undone with the weight's true row sums: the op only bounds w_sum, and
+  // a tampered one must give the reference's answer here as on every other path (O(N x K)).
+  int32_t* row_sum = grow(tls.row_sum, w.N);
+  run_range(w.N, ld, [&](int64_t b, int64_t e) { dense_row_sums(w.values, w.col_block, ld, b, e, row_sum); });
+  run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
+    dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
+  });
   return true;
 }
 

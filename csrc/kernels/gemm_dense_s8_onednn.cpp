@@ -106,12 +106,33 @@ bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out) {
   return true;
 }
 
+__attribute__((target("avx2,fma"))) void dense_row_sums(const int8_t* weight, int64_t ldw, int64_t K,
+                                                           int64_t n_begin, int64_t n_end, int32_t* sums) {
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    const int8_t* row = weight + n * ldw;
+    __m256i acc = _mm256_setzero_si256();
+    int64_t k = 0;
+    // u8 ones x s8 weights: pairs sum to at most 2 * 128 in magnitude, exact in int16.
+    for (; k + 32 <= K; k += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    int32_t total = 0;
+    for (int i = 0; i < 8; ++i) total += lanes[i];
+    for (; k < K; ++k) total += row[k];
+    sums[n] = total;
+  }
+}
+
 __attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
     const QuantizedRows& a, const BsrWeight& w, bool relu, float* out, int64_t m_begin,
     int64_t m_end, const int32_t* shift_sum) {
-  // shift_sum: the true row sums of the weight the GEMM read (undoes the q - 128 shift);
-  // null: w.w_sum (the dense layout, whose w_sum the op bounds but does not recompute).
-  const int32_t* ssum = shift_sum != nullptr ? shift_sum : w.w_sum;
+  // shift_sum: the true row sums of the weight the GEMM read (undo the q - 128 shift exactly,
+  // whatever w_sum says: the op only bounds it).
+  const int32_t* ssum = shift_sum;
   for (int64_t m = m_begin; m < m_end; ++m) {
     float* y = out + m * w.N;  // holds C as int32 on entry
     const char* cm = reinterpret_cast<const char*>(y);
