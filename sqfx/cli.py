@@ -150,9 +150,25 @@ def export_from_args(args):
     return model, ep
 
 
+def _strict_json(value):
+    """NaN / inf (an SQNR unknown for a stored program, or exact) as null / "inf": json.dumps would
+    write NaN / Infinity, which strict JSON parsers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def dumps(obj) -> str:
+    return json.dumps(_strict_json(obj), indent=1, allow_nan=False)
+
+
 def report_json(report: ConversionReport) -> str:
-    return json.dumps({"capture": report.capture, "layers": [asdict(l) for l in report.layers],
-                       "skipped": [asdict(s) for s in report.skipped], "notes": list(report.notes)}, indent=1)
+    return dumps({"capture": report.capture, "layers": [asdict(l) for l in report.layers],
+                  "skipped": [asdict(s) for s in report.skipped], "notes": list(report.notes)})
 
 
 def masked_fp32(model: nn.Module, report: ConversionReport) -> nn.Module:
@@ -337,10 +353,9 @@ def cmd_sparsify(args) -> int:
     print(report)
     if args.json:
         rows = [asdict(r) for r in report.layers]
-        out.with_suffix(".report.json").write_text(json.dumps(
+        out.with_suffix(".report.json").write_text(dumps(
             {"layers": rows, "sparsity": report.sparsity, "loss_one_shot": report.loss_one_shot,
-             "loss_final": report.loss_final, "recovery": report.recovery, "cpu_seconds": report.cpu_seconds},
-            indent=1))
+             "loss_final": report.loss_final, "recovery": report.recovery, "cpu_seconds": report.cpu_seconds}))
     print(f"\nwrote {out}; convert it with `python -m sqfx convert {out} -o model.pt2` (its zeroed blocks "
           f"are the masks)")
     return 0

@@ -1,6 +1,7 @@
 """HF models through prepare_and_convert behave like the model the user gave (issue 12, bugs 2, 4, 10)."""
 import copy
 import io
+import json
 import pickle
 
 import pytest
@@ -161,6 +162,15 @@ def test_hf_archive_loads_in_a_fresh_process(bert, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sqfx", "report", str(tmp_path / "bert.pt2")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "pooler.dense" in proc.stdout, proc.stderr[-3000:]
+    assert "nan" not in proc.stdout  # a stored program's SQNR is unknown: "-"
+    proc = subprocess.run([sys.executable, "-m", "sqfx", "report", "--json", str(tmp_path / "bert.pt2")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    layers = json.loads(proc.stdout, parse_constant=refuse)["layers"]
+    assert layers and all(layer["sqnr_db"] is None for layer in layers)
 
 
 def test_load_imports_only_known_output_type_modules():

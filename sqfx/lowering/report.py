@@ -63,7 +63,7 @@ class ConversionReport:
                 "matched")
         rows = [head]
         for l in self.layers:
-            sqnr = "inf" if math.isinf(l.sqnr_db) else f"{l.sqnr_db:.1f}"
+            sqnr = "-" if math.isnan(l.sqnr_db) else "inf" if math.isinf(l.sqnr_db) else f"{l.sqnr_db:.1f}"
             rows.append((l.fqn, f"{l.out_features} x {l.in_features}", f"{l.block[0]}x{l.block[1]}",
                          f"{l.sparsity:.1%}", l.scheme, l.activation, l.kernel, "fused" if l.relu_fused else "-", sqnr,
                          l.mask_source + (f" (shared with {l.shared_with})" if l.shared_with else ""), l.matched))
