@@ -23,7 +23,7 @@ import torch
 
 from . import peers
 from .timing import QUICK, TimingPolicy, time_interleaved
-from .workloads import block_magnitude_mask, parse_shape, random_weight
+from .workloads import magnitude_element_mask, parse_shape, random_weight
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * i, 2) for i in range(20))  # 0.00 .. 0.95
 
@@ -41,7 +41,7 @@ def crossover(sparsities, sqfx_times, dense_time) -> float | None:
 def sweep(shape, ms, sparsities, threads, policy, pack_kwargs, use_ort, workdir, seed=0) -> list[dict]:
     out_f, in_f = shape
     w, b = random_weight(out_f, in_f, seed)
-    masks = {s: block_magnitude_mask(w, s) for s in sparsities}
+    masks = {s: magnitude_element_mask(w, s) for s in sparsities}
     sq = {s: peers.build_sqfx(w, masks[s], b, **pack_kwargs) for s in sparsities}
     w_dense = w * masks[max(sparsities)]
     dense = {peers.INT8_FBGEMM: peers.build_int8_fbgemm(w_dense, b)}

@@ -20,7 +20,7 @@ import torch
 import sqfx
 from bench.cpuinfo import describe
 from bench.timing import TimingPolicy, time_interleaved
-from bench.workloads import block_magnitude_mask, parse_shape, random_weight
+from bench.workloads import magnitude_element_mask, parse_shape, random_weight
 
 
 def _densify(value: str):
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     for shape in args.shapes.split(","):
         n, k = parse_shape(shape)
         w, _ = random_weight(n, k, seed=0)
-        sparse = sqfx.pack(w, mask=block_magnitude_mask(w, args.sparsity), block=(1, 4), layout="sparse")
+        sparse = sqfx.pack(w, mask=magnitude_element_mask(w, args.sparsity), block=(1, 4), layout="sparse")
         dense = sqfx.pack(w, block=(1, 4), layout="dense")
         for m in (int(v) for v in args.ms.split(",")):
             x = torch.randn(m, k)

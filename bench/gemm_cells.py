@@ -21,7 +21,7 @@ import sqfx
 import sqfx.ops
 from bench import peers
 from bench.timing import TimingPolicy, time_interleaved
-from bench.workloads import block_magnitude_mask, parse_shape, random_weight
+from bench.workloads import magnitude_element_mask, parse_shape, random_weight
 
 
 def cpu_line() -> str:
@@ -90,7 +90,7 @@ def main(argv=None):
         n, k = parse_shape(shape)
         w, b = random_weight(n, k, seed=0)
         for sp in (float(s) for s in args.sparsity.split(",")):
-            mask = block_magnitude_mask(w, sp)
+            mask = magnitude_element_mask(w, sp)
             wm = w * mask
             packed = sqfx.pack(w, mask=mask, block=(1, 4), bias=b, layout="auto")
             impl = {"fbgemm": peers.build_int8_fbgemm(wm, b)}

@@ -38,7 +38,7 @@ import sqfx
 
 from . import cpuinfo, docs, memory, peers, report
 from .timing import QUICK, TimingPolicy, time_interleaved
-from .workloads import block_magnitude_mask, parse_shape, random_weight
+from .workloads import magnitude_element_mask, parse_shape, random_weight
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("kernels", "streamed", "fixed", "e2e")
@@ -201,7 +201,7 @@ class ShapeLayers:
         out_f, in_f = shape
         self.shape = shape
         self.w, self.b = random_weight(out_f, in_f, seed)
-        self.masks = {s: block_magnitude_mask(self.w, s) for s in sparsities}
+        self.masks = {s: magnitude_element_mask(self.w, s) for s in sparsities}
         self.pack_kwargs = pack_kwargs
         self.sqfx = {s: peers.build_sqfx(self.w, self.masks[s], self.b, **pack_kwargs) for s in sparsities}
         self.avx2 = ({s: peers.build_sqfx_forced(l, "avx2") for s, l in self.sqfx.items()}
@@ -306,7 +306,7 @@ def measure_fixed_cost(threads, policy, skip, workdir, pack_kwargs) -> list[dict
     """Seconds per call of a 64x64 layer at M=1 (90% sparse weight): the fixed cost per call."""
     out_f, in_f = FIXED_COST_SHAPE
     w, b = random_weight(out_f, in_f, seed=7)
-    mask = block_magnitude_mask(w, TARGET_SPARSITY)
+    mask = magnitude_element_mask(w, TARGET_SPARSITY)
     wm = w * mask
     op = peers.build_sqfx(w, mask, b, **pack_kwargs)
     layers = {

@@ -16,7 +16,7 @@ def random_weight(out_features: int, in_features: int, seed: int) -> tuple[torch
     return w, b
 
 
-def block_magnitude_mask(weight: torch.Tensor, sparsity: float, block=BLOCK) -> torch.Tensor:
+def magnitude_element_mask(weight: torch.Tensor, sparsity: float, block=BLOCK) -> torch.Tensor:
     """Element mask (bool, weight's shape) keeping the (1 - sparsity) blocks of largest L1 norm:
     sqfx's own magnitude pruning (sqfx.lowering.block_magnitude_mask), expanded to elements.
 
