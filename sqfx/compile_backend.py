@@ -43,6 +43,7 @@ import torch
 from torch import fx
 
 from .config import SparseQuantConfig, as_config
+from .format import version_counter
 from .ops import inference_only_message
 from .lowering import ConversionReport, convert_dynamo_graph
 from .patterns import dynamo_param_resolver
@@ -94,13 +95,6 @@ def _guard_packed_weights(gm: fx.GraphModule, positions: list[int]) -> bool:
         return False
 
 
-def _version(t: torch.Tensor) -> Optional[int]:
-    """The tensor's version counter; None for an inference tensor (a model built under
-    torch.inference_mode()), which has none: for those only identity is checked, so an in-place
-    update made inside inference mode is not seen (compile again after one)."""
-    return None if t.is_inference() else t._version
-
-
 class _RefuseBackward(torch.autograd.Function):
     """Ties an output to the fp32 weights the compiled graph packed (and no longer reads), so a
     backward reaches them and raises sqfx's error instead of silently giving them no gradient."""
@@ -146,16 +140,16 @@ class WeightBoundGraph:
         self.warned = False
 
     def _key(self, args) -> list:
-        # weakrefs, not ids: a dead tensor's id may be reused by a new one.
-        return [(weakref.ref(args[i]), _version(args[i])) for i in self.positions]
+        # weakrefs, not ids: a dead tensor's id may be reused by a new one. An inference tensor
+        # has no version counter (-1): an in-place update inside inference mode is not seen.
+        return [(weakref.ref(args[i]), version_counter(args[i])) for i in self.positions]
 
     def _holds(self, key, args) -> bool:
         for (ref, version), i in zip(key, self.positions):
             t = args[i]
-            if ref() is not t or _version(t) != version:
+            if ref() is not t or version_counter(t) != version:
                 return False
         return True
-
 
     def __call__(self, *args):
         outputs = self._run(*args)

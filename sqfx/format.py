@@ -109,7 +109,7 @@ class PackedLinear:
         replace the tensor instead)."""
         if not self._has_tiled():
             return None
-        key = tuple((id(t), t.data_ptr(), _version(t)) for t in (self.values, self.row_ptr, self.col_idx))
+        key = tuple((id(t), t.data_ptr(), version_counter(t)) for t in (self.values, self.row_ptr, self.col_idx))
         cached = self.__dict__.get("_tiled_cache")
         if cached is None or cached[0] != key:
             tensors = tuple(torch.ops.sqfx._pack_tiled(self.values, self.row_ptr, self.col_idx,
@@ -201,7 +201,9 @@ def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) ->
     return dense
 
 
-def _version(t: torch.Tensor) -> int:
+def version_counter(t: torch.Tensor) -> int:
+    """t's in-place version counter; -1 for an inference tensor (built under
+    torch.inference_mode()), which has none: callers then see identity only."""
     return -1 if t.is_inference() else t._version
 
 

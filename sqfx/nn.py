@@ -184,11 +184,10 @@ class SparseQuantLinear(nn.Module):
                 "act_mode": ACT_MODES[act] if 0 <= act < len(ACT_MODES) else f"<act_mode code {act}>"}
 
     def set_extra_state(self, state):
-        state = self.extra_state_fields(state)
-        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        state = self.extra_state_fields(state)  # a dict from here on (anything else raised)
+        if state.get("format_version") != FORMAT_VERSION:
             raise PackedFormatError(
-                f"SparseQuantLinear: unsupported packed format version "
-                f"{state.get('format_version') if isinstance(state, dict) else state!r}; "
+                f"SparseQuantLinear: unsupported packed format version {state.get('format_version')!r}; "
                 f"this sqfx reads version {FORMAT_VERSION}")
         for key, kind in (("in_features", int), ("out_features", int), ("per_channel", bool),
                           ("relu", bool)):

@@ -236,18 +236,28 @@ bool onednn_unforced() {
 
 // Dense layout through oneDNN: activations quantized as int8 (q - 128), one
 // aten::_int_mm, then the zero-point / scale / bias / ReLU epilogue in place.
-bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
+// Activations quantized as int8 (q - 128), one aten::_int_mm against `weight` [N, K_pad], then
+// the zero-point / scale / bias / ReLU epilogue in place; row_sum: the weight's true row sums,
+// which undo the shift exactly (the op only bounds w_sum, and a tampered one must give the
+// reference's answer here as on every other path).
+void run_onednn(const float* x, int64_t M, const BsrWeight& w, const int8_t* weight, const int32_t* row_sum,
+                bool relu, float* out) {
   const int64_t K = w.K, ld = w.n_col_blocks * w.col_block;
   QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
   run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
-  if (!dense_onednn_gemm(a, w, out)) return false;
-  // The q - 128 shift is undone with the weight's true row sums: the op only bounds w_sum, and
-  // a tampered one must give the reference's answer here as on every other path (O(N x K)).
-  int32_t* row_sum = grow(tls.row_sum, w.N);
-  run_range(w.N, ld, [&](int64_t b, int64_t e) { dense_row_sums(w.values, w.col_block, ld, b, e, row_sum); });
+  dense_onednn_gemm(a, weight, w.N, ld, reinterpret_cast<int32_t*>(out));
   run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
     dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
   });
+}
+
+// The dense layout: its one block per row is the row (O(N x K) row sums per call).
+bool run_dense_onednn(const float* x, int64_t M, const BsrWeight& w, bool relu, float* out) {
+  if (!dense_layout_cols_ok(w)) return false;
+  const int64_t ld = w.n_col_blocks * w.col_block;
+  int32_t* row_sum = grow(tls.row_sum, w.N);
+  run_range(w.N, ld, [&](int64_t b, int64_t e) { dense_row_sums(w.values, ld, ld, b, e, row_sum); });
+  run_onednn(x, M, w, w.values, row_sum, relu, out);
   return true;
 }
 
@@ -300,13 +310,7 @@ bool run_densified_onednn(const float* x, int64_t M, const BsrWeight& w, bool re
     run_entry(select_from(self + 1, Op::kDynamic, current_isa(), w, M), x, M, w, relu, out);
     return true;
   }
-  const int64_t K = w.K;
-  QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
-  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
-  dense_onednn_gemm_raw(a, dense, w.N, ld, reinterpret_cast<int32_t*>(out));
-  run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
-    dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
-  });
+  run_onednn(x, M, w, dense, row_sum, relu, out);
   return true;
 }
 #endif

@@ -90,19 +90,17 @@ bool dense_onednn_usable() {
   return usable;
 }
 
-void dense_onednn_gemm_raw(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c) {
+void dense_onednn_gemm(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c) {
   int_mm(reinterpret_cast<const int8_t*>(a.q), a.M, a.ld, a.ld, weight, N, ldw, c);
 }
 
-bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out) {
-  // The dense layout stores block column 0 in every row; check what we ignore.
+bool dense_layout_cols_ok(const BsrWeight& w) {
+  // The dense layout stores block column 0 in every row; check what the GEMM ignores.
   for (int64_t n = 0; n < w.N; ++n) {
     const int64_t col = w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n]
                                      : static_cast<const int32_t*>(w.col_idx)[n];
     if (col != 0) return false;
   }
-  // C (int32) goes straight into out's memory; the epilogue converts it in place.
-  dense_onednn_gemm_raw(a, w.values, w.N, w.col_block, reinterpret_cast<int32_t*>(out));
   return true;
 }
 

@@ -170,11 +170,11 @@ bool gemm_1x4_32x1_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, f
 // Dense layout through oneDNN (aten::_int_mm, gemm_dense_s8_onednn.cpp), large M.
 // Usable only where oneDNN's s8 GEMM is exact (VNNI CPU, probed once).
 bool dense_onednn_usable();
-// out [M, N] <- int32 C = a.q (as int8: quantized with flip 0x80, q - 128) x
-// weights^T (false: a col_idx is not 0).
-bool dense_onednn_gemm(const QuantizedRows& a, const BsrWeight& w, float* out);
-// c [a.M, N] (int32) = a.q (as int8) x weight^T, weight [N, K] with row stride ldw.
-void dense_onednn_gemm_raw(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c);
+// c [a.M, N] (int32) = a.q (quantized with flip 0x80, read as int8: q - 128) x weight^T,
+// weight [N, K_pad] with row stride ldw, through aten::_int_mm.
+void dense_onednn_gemm(const QuantizedRows& a, const int8_t* weight, int64_t N, int64_t ldw, int32_t* c);
+// The dense layout's col_idx are all 0 (false: a tampered one, which the GEMM would ignore).
+bool dense_layout_cols_ok(const BsrWeight& w);
 // sums[n] = the sum of row n's K int8 weights (row stride ldw), for n in [n_begin, n_end).
 void dense_row_sums(const int8_t* weight, int64_t ldw, int64_t K, int64_t n_begin, int64_t n_end, int32_t* sums);
 // Converts rows [m_begin, m_end) of out from C to the final floats, in place.
