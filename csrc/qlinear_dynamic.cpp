@@ -142,10 +142,8 @@ Tensor qlinear_dynamic(Tensor input, Tensor values, Tensor row_ptr,
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.N;
   Tensor out = empty_cpu_float(out_shape);
-  // (tiled: rows a crafted row_perm leaves unnamed read as 0, see check_tiled)
-  if (w.tiled && M * w.N > 0)  // (an empty tensor's data pointer may be null)
-    std::memset(out.mutable_data_ptr<float>(), 0, static_cast<size_t>(M * w.N) * sizeof(float));
-  // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp.
+  // Kernel choice, threads and scratch: csrc/kernels/dispatch.cpp (which zero-fills the
+  // output first where the tiled kernels run: see check_tiled).
   run_qlinear(x.const_data_ptr<float>(), M, w, relu, out.mutable_data_ptr<float>());
   return as_input_dtype(out, input);
 }

@@ -432,6 +432,9 @@ void run_entry(const KernelEntry& kernel, const float* x, int64_t M, const BsrWe
   // The tiled kernels read a window of kTiledWindow dwords from any start in
   // [0, max(0, n_col_blocks - kTiledWindow)]: rows hold at least that many.
   const bool tiled = kernel.layout == Layout::kTiled;
+  // Rows a crafted row_perm leaves unnamed (check_tiled lets them through per call) read as 0;
+  // only here, so a tiled weight run by another kernel (large M) pays no M x N memset.
+  if (tiled) std::memset(out, 0, static_cast<size_t>(M * w.N) * sizeof(float));
   const int64_t ld_q = tiled ? std::max<int64_t>(ld, 4 * kTiledWindow) : ld;
   QuantizedRows a{grow(tls.q, M * ld_q), grow(tls.scale, M), grow(tls.zp, M), M, ld_q};
   run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize(isa, x, K, b, e, a); });

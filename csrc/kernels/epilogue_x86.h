@@ -39,22 +39,45 @@ __attribute__((target("avx2,fma"))) inline void epilogue_n8(
   _mm256_storeu_ps(y + n0, v);
 }
 
+// One output row's epilogue scalars, read once per row. The m-direction
+// epilogues below take them by value: reading w.w_sum[n] etc. after a vector
+// store made the compiler reload the pointers from BsrWeight (an intrinsic
+// store may alias anything), a store-to-load chain per row that the token-batch
+// GEMM's profile showed as its largest stall.
+struct OutRow {
+  int32_t w_sum;
+  float w_scale;
+  float bias;
+  bool has_bias;
+};
+
+inline OutRow out_row(const int32_t* w_sum, const float* w_scale, const float* bias, int64_t n) {
+  return OutRow{w_sum[n], w_scale[n], bias ? bias[n] : 0.0f, bias != nullptr};
+}
+
+inline OutRow out_row(const BsrWeight& w, int64_t n) { return out_row(w.w_sum, w.w_scale, w.bias, n); }
+
 // 8 consecutive input rows m0..m0+7 of one output n (m-direction epilogue);
 // zp / a_scale point at row m0. Returns the 8 outputs.
 __attribute__((target("avx2,fma"))) inline __m256 epilogue_m8_vec(
-    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
-    bool relu) {
+    __m256i acc, const int32_t* zp, const float* a_scale, const OutRow& o, bool relu) {
   __m256i corr = _mm256_sub_epi32(
       acc, _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp)),
-                              _mm256_set1_epi32(w.w_sum[n])));
-  __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a_scale), _mm256_set1_ps(w.w_scale[n]));
+                              _mm256_set1_epi32(o.w_sum)));
+  __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a_scale), _mm256_set1_ps(o.w_scale));
   __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
-  if (w.bias) v = _mm256_add_ps(v, _mm256_set1_ps(w.bias[n]));
+  if (o.has_bias) v = _mm256_add_ps(v, _mm256_set1_ps(o.bias));
   if (relu) {
     __m256 zero = _mm256_setzero_ps();
     v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
   }
   return v;
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 epilogue_m8_vec(
+    __m256i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
+    bool relu) {
+  return epilogue_m8_vec(acc, zp, a_scale, out_row(w, n), relu);
 }
 
 // As epilogue_m8_vec; writes dst[l * ld] for l < count.
@@ -161,18 +184,23 @@ namespace x86 {
 // 16 input rows of one output n (m-direction epilogue, AVX-512); zp / a_scale
 // point at the first row. Returns the 16 outputs.
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline __m512 epilogue_m16_avx512(
-    __m512i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
-    bool relu) {
+    __m512i acc, const int32_t* zp, const float* a_scale, const OutRow& o, bool relu) {
   __m512i corr = _mm512_sub_epi32(
-      acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(w.w_sum[n])));
-  __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(w.w_scale[n]));
+      acc, _mm512_mullo_epi32(_mm512_loadu_si512(zp), _mm512_set1_epi32(o.w_sum)));
+  __m512 s = _mm512_mul_ps(_mm512_loadu_ps(a_scale), _mm512_set1_ps(o.w_scale));
   __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
-  if (w.bias) v = _mm512_add_ps(v, _mm512_set1_ps(w.bias[n]));
+  if (o.has_bias) v = _mm512_add_ps(v, _mm512_set1_ps(o.bias));
   if (relu) {
     __m512 zero = _mm512_setzero_ps();
     v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
   }
   return v;
+}
+
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline __m512 epilogue_m16_avx512(
+    __m512i acc, const int32_t* zp, const float* a_scale, const BsrWeight& w, int64_t n,
+    bool relu) {
+  return epilogue_m16_avx512(acc, zp, a_scale, out_row(w, n), relu);
 }
 
 // As epilogue_m16_avx512; writes dst[l * kTileN] for l < count (a column of a tile).
@@ -184,7 +212,10 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void store_
   for (int64_t l = 0; l < count; ++l) dst[l * kTileN] = t[l];
 }
 
-// dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block.
+// dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block. Stream: the 16
+// rows of dst are whole 64-byte lines (the caller checks the alignment) written
+// with non-temporal stores, which do not pull the output through the cache.
+template <bool Stream = false>
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transpose16x16(
     const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], a[16], b[16], c[16];
@@ -206,8 +237,15 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transp
     c[12 + i] = _mm512_shuffle_f32x4(b[8 + i], b[12 + i], 0xDD);
   }
   for (int i = 0; i < 8; ++i) {
-    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0x88));
-    _mm512_storeu_ps(dst + (8 + i) * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0xDD));
+    const __m512 lo = _mm512_shuffle_f32x4(c[i], c[8 + i], 0x88);
+    const __m512 hi = _mm512_shuffle_f32x4(c[i], c[8 + i], 0xDD);
+    if constexpr (Stream) {
+      _mm512_stream_ps(dst + i * ldd, lo);
+      _mm512_stream_ps(dst + (8 + i) * ldd, hi);
+    } else {
+      _mm512_storeu_ps(dst + i * ldd, lo);
+      _mm512_storeu_ps(dst + (8 + i) * ldd, hi);
+    }
   }
 }
 

@@ -54,14 +54,18 @@ struct MicroAvx2 {
   }
   template <int U>
   SQFX_GEMM_TARGET static inline void finish(const Acc<U>& acc, const int32_t* zp, const float* scale,
-                                             const BsrWeight& w, int64_t n, bool relu, float* dst) {
+                                             const x86::OutRow& o, bool relu, float* dst) {
     for (int u = 0; u < U; ++u) {
       // lanes hold pair sums of rows 8u..8u+3 (v[2u]) and 8u+4..8u+7 (v[2u+1]), two per row
       const __m256i s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc.v[2 * u], acc.v[2 * u + 1]), 0xD8);
-      _mm256_storeu_ps(dst + 8 * u, x86::epilogue_m8_vec(s, zp + 8 * u, scale + 8 * u, w, n, relu));
+      _mm256_storeu_ps(dst + 8 * u, x86::epilogue_m8_vec(s, zp + 8 * u, scale + 8 * u, o, relu));
     }
   }
   static constexpr int64_t kTr = 8;
+  // A transposed row is half a line: streamed halves written at different times
+  // would leave partial write-combining flushes, so AVX2 keeps normal stores.
+  static constexpr bool kCanStream = false;
+  template <bool Stream>
   SQFX_GEMM_TARGET static inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd) {
     x86::transpose8x8(src, lds, dst, ldd);
   }

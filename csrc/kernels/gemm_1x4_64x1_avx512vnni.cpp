@@ -48,13 +48,15 @@ struct MicroVnni {
   }
   template <int U>
   SQFX_GEMM_TARGET static inline void finish(const Acc<U>& acc, const int32_t* zp, const float* scale,
-                                             const BsrWeight& w, int64_t n, bool relu, float* dst) {
+                                             const x86::OutRow& o, bool relu, float* dst) {
     for (int u = 0; u < U; ++u)
-      _mm512_storeu_ps(dst + 16 * u, x86::epilogue_m16_avx512(acc.v[u], zp + 16 * u, scale + 16 * u, w, n, relu));
+      _mm512_storeu_ps(dst + 16 * u, x86::epilogue_m16_avx512(acc.v[u], zp + 16 * u, scale + 16 * u, o, relu));
   }
   static constexpr int64_t kTr = 16;
+  static constexpr bool kCanStream = true;  // a transposed row is one 64-byte line
+  template <bool Stream>
   SQFX_GEMM_TARGET static inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd) {
-    x86::transpose16x16(src, lds, dst, ldd);
+    x86::transpose16x16<Stream>(src, lds, dst, ldd);
   }
 };
 

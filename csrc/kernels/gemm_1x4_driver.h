@@ -33,20 +33,34 @@
 // L2-sized: the panel slice stays in L2 while a block of output rows reads it.
 constexpr int64_t kGemmL1Bytes = 128 * 1024;
 constexpr int64_t kGemmRowsN = 256;  // output rows per accumulator block
+// Outputs of at least this many bytes are written with non-temporal stores
+// (rows of whole lines only: N a multiple of 16). Written through the cache, a
+// pass's output (64 rows x N floats, rows N * 4 bytes apart, so one flush lands
+// in few L1 sets) evicted the activation panel the next rows read: the profile
+// (1536x384, 90%, M = 2048) showed the panel loads as the stall. An output this
+// large does not stay in L2 for the next layer anyway.
+constexpr int64_t kGemmStreamOutBytes = 4 << 20;
 
 // The finished outputs of up to kTileN output rows wait in a tile T[n][m]
 // (one vector store per finish); this writes them to out[m][n] through
 // Micro::kTr x kTr register transposes (scalar copies at the edges).
+// stream: write whole aligned 64-byte lines with non-temporal stores (see
+// kGemmStreamOutBytes); other blocks and the edges use normal stores.
 template <class Micro>
 SQFX_GEMM_TARGET void flush_transposed(const float* tile, int64_t ldt, int64_t rows, int64_t n_tile,
-                                       int64_t count, int64_t N, float* out_m) {
+                                       int64_t count, int64_t N, float* out_m, bool stream) {
   constexpr int64_t B = Micro::kTr;
   for (int64_t r0 = 0; r0 < rows; r0 += B) {
     const int64_t nr = std::min(B, rows - r0);
     int64_t c0 = 0;
     if (nr == B)
-      for (; c0 + B <= count; c0 += B)
-        Micro::transpose(tile + c0 * ldt + r0, ldt, out_m + r0 * N + n_tile + c0, N);
+      for (; c0 + B <= count; c0 += B) {
+        float* dst = out_m + r0 * N + n_tile + c0;
+        if (Micro::kCanStream && stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0)
+          Micro::template transpose<true>(tile + c0 * ldt + r0, ldt, dst, N);
+        else
+          Micro::template transpose<false>(tile + c0 * ldt + r0, ldt, dst, N);
+      }
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t c = c0; c < count; ++c) out_m[(r0 + r) * N + n_tile + c] = tile[c * ldt + r0 + r];
   }
@@ -67,10 +81,20 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
   const uint8_t* base = panel + ms * 4;
   constexpr int64_t ldt = Micro::kUnitRows * Micro::kMaxUnits;  // tile row length
   float* out_m = out + (m0 + ms) * w.N;
+  // Local copies: the per-row epilogue scalars are read through these, not through
+  // w, which every vector store would force the compiler to re-read (x86::OutRow).
+  const int32_t* const w_sum = w.w_sum;
+  const float* const w_scale = w.w_scale;
+  const float* const bias = w.bias;
+  const int32_t* const row_ptr = w.row_ptr;
+  const int64_t n_col_blocks = w.n_col_blocks, N = w.N;
+  const bool stream = N % 16 == 0 && a.M * N * static_cast<int64_t>(sizeof(float)) >= kGemmStreamOutBytes;
+  const int32_t* const zp = a.zp + m0 + ms;
+  const float* const a_scale = a.scale + m0 + ms;
   bool ok = true;
   for (int64_t nb0 = rb_begin; nb0 < rb_end; nb0 += kGemmRowsN) {
     const int64_t nb1 = std::min(rb_end, nb0 + kGemmRowsN);
-    for (int64_t n = nb0; n < nb1; ++n) cursor[n - nb0] = w.row_ptr[n];
+    for (int64_t n = nb0; n < nb1; ++n) cursor[n - nb0] = row_ptr[n];
     for (int64_t t = 0; t < n_tiles; ++t) {
       const bool first = t == 0, last = t == n_tiles - 1;
       const uint32_t lim = static_cast<uint32_t>((t + 1) * ktg);
@@ -87,7 +111,7 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
         }
         Micro::zero(acc2);
         int64_t j = cursor[n - nb0];
-        const int64_t je = w.row_ptr[n + 1];
+        const int64_t je = row_ptr[n + 1];
         if (!last) {
           for (; Micro::kTwoSets && j + 1 < je; j += 2) {
             // a negative column is huge as uint32: left to the last tile's check
@@ -109,27 +133,27 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
         }
         for (; Micro::kTwoSets && j + 1 < je; j += 2) {
           const int64_t c0 = static_cast<int64_t>(col_idx[j]), c1 = static_cast<int64_t>(col_idx[j + 1]);
-          if (!x86::col_ok(c0, w.n_col_blocks) || !x86::col_ok(c1, w.n_col_blocks)) break;
+          if (!x86::col_ok(c0, n_col_blocks) || !x86::col_ok(c1, n_col_blocks)) break;
           Micro::step(acc, wd[j], base + c0 * stride);
           Micro::step(acc2, wd[j + 1], base + c1 * stride);
         }
         Micro::add(acc, acc2);
         for (; j < je; ++j) {
           const int64_t col = static_cast<int64_t>(col_idx[j]);
-          if (!x86::col_ok(col, w.n_col_blocks)) {
+          if (!x86::col_ok(col, n_col_blocks)) {
             ok = false;
             continue;
           }
           Micro::step(acc, wd[j], base + col * stride);
         }
         if (n - n_tile == x86::kTileN) {
-          flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, x86::kTileN, w.N, out_m);
+          flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, x86::kTileN, N, out_m, stream);
           n_tile = n;
         }
         // Rows past the chunk's end are padding (scale 0, zp 0): computed, never flushed.
-        Micro::finish(acc, a.zp + m0 + ms, a.scale + m0 + ms, w, n, relu, tile + (n - n_tile) * ldt);
+        Micro::finish(acc, zp, a_scale, x86::out_row(w_sum, w_scale, bias, n), relu, tile + (n - n_tile) * ldt);
       }
-      if (last && nb1 > nb0) flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, nb1 - n_tile, w.N, out_m);
+      if (last && nb1 > nb0) flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, nb1 - n_tile, N, out_m, stream);
     }
   }
   return ok;
@@ -166,6 +190,7 @@ SQFX_GEMM_TARGET bool gemm_chunk(const PanelRows& a, int64_t chunk, const BsrWei
     ok &= pass(a, panel, m0, ms, rows, w, col_idx, out, relu, rb_begin, rb_end, acc_buf.data(),
                cursor.data(), tile.data());
   }
+  if (Micro::kCanStream) _mm_sfence();  // the streamed stores are visible before the op returns
   return ok;
 }
 
