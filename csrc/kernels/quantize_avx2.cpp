@@ -4,6 +4,7 @@
 // the scalar code and to sqfx.reference.quantize_rows. Also writes the panel
 // layout of the large-M kernels directly (fused quantize + pack).
 #include "kernels.h"
+#include "epilogue_x86.h"  // x86::transpose8x8
 
 #include <immintrin.h>
 #include <algorithm>
@@ -138,31 +139,58 @@ void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
   }
 }
 
-void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
-                         int64_t m_end, const PanelRows& out) {
-  thread_local std::vector<uint8_t> row_q;
+namespace {
+
+// Row m quantized into q (ld bytes: K values, then the zero point as padding).
+__attribute__((target("avx2,fma"))) void quantize_panel_row(const float* x, int64_t K, int64_t m,
+                                                            int64_t ld, const PanelRows& out, uint8_t* q) {
+  const float* row = x + m * K;
+  RowParams p = row_params(row, K);
+  if (!p.finite) {
+    const_cast<float*>(out.scale)[m] = NAN;
+    const_cast<int32_t*>(out.zp)[m] = 0;
+    std::memset(q, 0, ld);
+    return;
+  }
+  const_cast<float*>(out.scale)[m] = p.scale;
+  const_cast<int32_t*>(out.zp)[m] = static_cast<int32_t>(p.z);
+  quantize_values(row, K, p, q);
+  std::memset(q + K, static_cast<int>(p.z), ld - K);
+}
+
+}  // namespace
+
+// The panel holds, per column group g, the chunk's rows' 4 bytes consecutively.
+// Eight rows at a time are quantized into a small buffer and moved with 8 x 8
+// dword transposes (one 32-byte store per group and 8 rows); one row at a time
+// that was 4-byte stores, one per group and row (the profile of K = 1536,
+// M = 2048 had that scatter above the GEMM itself).
+__attribute__((target("avx2,fma"))) void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
+                                                             int64_t m_end, const PanelRows& out) {
+  constexpr int64_t R = 8;
+  thread_local std::vector<uint8_t> rows_q;
   const int64_t ld = out.groups * 4;
-  if (static_cast<int64_t>(row_q.size()) < ld) row_q.resize(ld);
+  if (static_cast<int64_t>(rows_q.size()) < R * ld) rows_q.resize(R * ld);
   uint8_t* base = const_cast<uint8_t*>(out.data);
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    const float* row = x + m * K;
-    RowParams p = row_params(row, K);
-    uint8_t* q = row_q.data();
-    if (!p.finite) {
-      const_cast<float*>(out.scale)[m] = NAN;
-      const_cast<int32_t*>(out.zp)[m] = 0;
-      std::memset(q, 0, ld);
-    } else {
-      const_cast<float*>(out.scale)[m] = p.scale;
-      const_cast<int32_t*>(out.zp)[m] = static_cast<int32_t>(p.z);
-      quantize_values(row, K, p, q);
-      std::memset(q + K, static_cast<int>(p.z), ld - K);
+  const int64_t stride = out.mc * 4;  // bytes between groups
+  for (int64_t m = m_begin; m < m_end;) {
+    uint8_t* dst = base + (m / out.mc) * out.groups * stride + (m % out.mc) * 4;
+    // (mc is a multiple of 16, so 8 rows from a multiple of 8 never cross a chunk)
+    if (m % R == 0 && m + R <= m_end) {
+      for (int64_t r = 0; r < R; ++r) quantize_panel_row(x, K, m + r, ld, out, rows_q.data() + r * ld);
+      const float* src = reinterpret_cast<const float*>(rows_q.data());  // dwords moved as floats
+      int64_t g = 0;
+      for (; g + R <= out.groups; g += R)
+        x86::transpose8x8(src + g, ld / 4, reinterpret_cast<float*>(dst + g * stride), stride / 4);
+      for (; g < out.groups; ++g)
+        for (int64_t r = 0; r < R; ++r) std::memcpy(dst + g * stride + 4 * r, rows_q.data() + r * ld + 4 * g, 4);
+      m += R;
+      continue;
     }
-    uint8_t* dst = base + (m / out.mc) * out.groups * out.mc * 4 + (m % out.mc) * 4;
-    const int64_t stride = out.mc * 4;
-    for (int64_t g = 0; g < out.groups; ++g) {
-      std::memcpy(dst + g * stride, q + 4 * g, 4);
-    }
+    uint8_t* q = rows_q.data();
+    quantize_panel_row(x, K, m, ld, out, q);
+    for (int64_t g = 0; g < out.groups; ++g) std::memcpy(dst + g * stride, q + 4 * g, 4);
+    ++m;
   }
 }
 
