@@ -107,16 +107,21 @@ class PackedLinear:
         until one of those tensors is replaced or changed in place (inference tensors, made under
         torch.inference_mode, have no version counter: an in-place change of one is not seen;
         replace the tensor instead)."""
-        if not self._has_tiled():
-            return None
-        key = tuple((id(t), t.data_ptr(), version_counter(t)) for t in (self.values, self.row_ptr, self.col_idx))
+        # Per call (the fixed cost of a small layer, issue 10): the cache hit is checked first and
+        # cheaply, against the tensor objects themselves (held, so an id cannot be reused) and
+        # their storage and version; is_inference() is asked only when the cache is filled.
+        v, r, c = self.values, self.row_ptr, self.col_idx
         cached = self.__dict__.get("_tiled_cache")
-        if cached is None or cached[0] != key:
-            tensors = tuple(torch.ops.sqfx._pack_tiled(self.values, self.row_ptr, self.col_idx,
-                                                       self.w_scale, self.in_features))
-            cached = (key, tensors)
-            self.__dict__["_tiled_cache"] = cached
-        return cached[1]
+        if cached is not None:
+            cv, cr, cc, state, inference, tensors = cached
+            if cv is v and cr is r and cc is c and state == _tensor_state(v, r, c, inference):
+                return tensors
+        inference = v.is_inference() or r.is_inference() or c.is_inference()
+        tensors = None
+        if self._has_tiled():
+            tensors = tuple(torch.ops.sqfx._pack_tiled(v, r, c, self.w_scale, self.in_features))
+        self.__dict__["_tiled_cache"] = (v, r, c, _tensor_state(v, r, c, inference), inference, tensors)
+        return tensors
 
     def kernel_for(self, M: int, op: str = "qlinear_dynamic") -> str:
         """The kernel `op` ("qlinear_dynamic" or "qlinear_weight_only") runs for M input rows on
@@ -156,8 +161,12 @@ class PackedLinear:
 
     def __call__(self, input: torch.Tensor, relu: bool = False) -> torch.Tensor:
         """`sqfx.pack(...)(x)`, the stable call benchmarks use: one sqfx::qlinear_dynamic call
-        through the dispatcher (no import of the op module: the format stays data only)."""
-        return torch.ops.sqfx.qlinear_dynamic(input, *self.tensors(), self.in_features, relu, *(self.tiled() or ()))
+        through sqfx.ops.call_eager, as SparseQuantLinear makes it (the op module is imported on
+        the first call, not by this module: the format stays data only)."""
+        call = _CALL_EAGER or _load_call_eager()
+        args = (input, self.values, self.row_ptr, self.col_idx, self.w_scale, self.w_sum, self.bias,
+                self.in_features, relu, *(self.tiled() or ()))
+        return call(torch.ops.sqfx.qlinear_dynamic.default, args, input, self.w_scale, self.bias)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t is not None)
@@ -199,6 +208,25 @@ def dense_int8(values, row_ptr, col_idx, out_features: int, in_features: int) ->
     keep = (rows < out_features) & (cols < in_features)
     dense[rows[keep], cols[keep]] = values[keep]
     return dense
+
+
+_CALL_EAGER = None
+
+
+def _load_call_eager():
+    global _CALL_EAGER
+    from .ops import call_eager
+
+    _CALL_EAGER = call_eager
+    return call_eager
+
+
+def _tensor_state(v, r, c, inference: bool) -> tuple:
+    """Storage and in-place versions of three tensors; if any is an inference tensor (no version
+    counter), storage only: an in-place change is then not seen (tiled() documents it)."""
+    if inference:
+        return (v.data_ptr(), r.data_ptr(), c.data_ptr())
+    return (v.data_ptr(), r.data_ptr(), c.data_ptr(), v._version, r._version, c._version)
 
 
 def version_counter(t: torch.Tensor) -> int:

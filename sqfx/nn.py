@@ -19,13 +19,7 @@ _INT64_MAX = torch.iinfo(torch.int64).max
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _QLINEAR_DYNAMIC = torch.ops.sqfx.qlinear_dynamic.default
 _QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
-_BelowAutograd = torch._C._AutoDispatchBelowAutograd
 _is_compiling = torch.compiler.is_compiling
-_inference_mode = torch.is_inference_mode_enabled
-# An OpOverload's C++ callable, without OpOverload.__call__'s Python frame (the same dispatcher
-# entry; falls back to the OpOverload itself should torch rename the attribute).
-_UNBOXED = {op: getattr(op, "_op", op) for op in (_QLINEAR_DYNAMIC, _QLINEAR_WEIGHT_ONLY)}
-_unboxed = _UNBOXED.__getitem__
 # Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
 # as in torch.ao's quantized linears.
 _BUFFER = {"values": "values", "row_ptr": "row_ptr", "col_idx": "col_idx", "w_scale": "w_scale",
@@ -85,9 +79,8 @@ class SparseQuantLinear(nn.Module):
             raise TypeError(f"SparseQuantLinear expects a floating point input, got {input.dtype}")
         if not input.is_cpu:
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
-        # Eager calls read the buffers from the dict (Module.__getattr__ is slow) and skip the
-        # op's autograd kernel when nothing needs a gradient: that kernel only refuses backward
-        # (sqfx/ops.py), and it is a Python function, most of a small layer's fixed cost.
+        # Eager calls read the buffers from the dict (Module.__getattr__ is slow) and go through
+        # sqfx.ops.call_eager (no Python autograd kernel when nothing needs a gradient).
         # Traced calls (torch.compile, torch.export) take the plain path the tracers know.
         buffers = self.__dict__["_buffers"] if not _is_compiling() else None
         if buffers is None:
@@ -112,13 +105,7 @@ class SparseQuantLinear(nn.Module):
                          buffers["tiled_slot_idx"], buffers["tiled_row_perm"])
             op, args = _QLINEAR_DYNAMIC, (x, values, row_ptr, col_idx, w_scale, w_sum, bias, self.in_features,
                                           self.relu, *tiled)
-        if buffers is None or x.requires_grad or w_scale.requires_grad or (bias is not None and bias.requires_grad):
-            y = op(*args)
-        elif _inference_mode():  # autograd is off already
-            y = _unboxed(op)(*args)
-        else:
-            with _BelowAutograd():
-                y = _unboxed(op)(*args)
+        y = op(*args) if buffers is None else _ops.call_eager(op, args, x, w_scale, bias)
         return y if input.dtype is torch.float32 else y.to(input.dtype)
 
     def _apply(self, fn, recurse=True):

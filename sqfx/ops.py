@@ -159,6 +159,28 @@ def qlinear_weight_only(
 ) -> torch.Tensor:
     """Calls `torch.ops.sqfx.qlinear_weight_only`: fp32 x dequantized int8 BSR weight, fp32 sums."""
     return torch.ops.sqfx.qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
+# ---- the eager call of either op, shared by SparseQuantLinear.forward and PackedLinear.__call__ ----
+_QLINEAR_OPS = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
+# An OpOverload's C++ callable, without OpOverload.__call__'s Python frame (the same dispatcher
+# entry; falls back to the OpOverload itself should torch rename the attribute).
+_UNBOXED = {op: getattr(op, "_op", op) for op in _QLINEAR_OPS}
+_is_compiling = torch.compiler.is_compiling
+_inference_mode = torch.is_inference_mode_enabled
+
+
+def call_eager(op, args: tuple, x: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None):
+    """op(*args) (op: one of the two ops' .default overloads), skipping the op's Python autograd
+    kernel when nothing needs a gradient: that kernel only refuses backward, and it was most of a
+    small layer's fixed cost (issue 10). x, w_scale and bias are the op's differentiable inputs.
+    Traced calls (torch.compile, torch.export) and calls that need a gradient take the op itself."""
+    if _is_compiling() or x.requires_grad or w_scale.requires_grad or (bias is not None and bias.requires_grad):
+        return op(*args)
+    if _inference_mode():  # autograd is off already
+        return _UNBOXED[op](*args)
+    with _BelowAutograd():
+        return _UNBOXED[op](*args)
+
+
 # ---- kernel ISA selection (csrc/kernels/dispatch.cpp) ----
 # The op picks the best ISA path the CPU has at run time; tests force each one
 # to check that every path gives the same bits as sqfx.reference.
