@@ -144,13 +144,13 @@ def test_dense_token_batch_rejects_nonzero_column(m):
                                                    p.w_scale, p.w_sum, p.bias, 64, False)
 
 
-@pytest.mark.parametrize("n", [1024, 1008, 1000])  # N % 16 == 0 streams its output; 1000 cannot
+@pytest.mark.parametrize("n", [1024, 1008, 1000])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gemm_large_output_streamed_stores_exact(n, threads):
-    """An output of >= 4 MiB (kGemmStreamOutBytes) is written with non-temporal stores where a
-    transposed row is an aligned 64-byte line. With 2 threads the output rows split at a point
-    that need not be a multiple of 16, so aligned and unaligned blocks, and the scalar edges,
-    all meet in one call; NaN / inf rows and ReLU ride along."""
+def test_gemm_large_output_exact(n, threads):
+    """An output of over 4 MiB, through the 16 x 16 transposed flushes: with 2 threads the output
+    rows split at a point that need not be a multiple of 16, so whole blocks and the scalar
+    edges meet in one call (N = 1000 has a partial block in every flush); NaN / inf rows and
+    ReLU ride along."""
     p = random_packed(n, 96, (1, 4), 0.8, seed=11)
     m = 1100  # 1100 x 1000+ floats > 4 MiB, and 1100 = 17 passes of 64 rows + 12
     x = with_special_rows(torch.randn(m, 96, generator=torch.Generator().manual_seed(12)))

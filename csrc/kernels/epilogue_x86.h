@@ -212,10 +212,7 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void store_
   for (int64_t l = 0; l < count; ++l) dst[l * kTileN] = t[l];
 }
 
-// dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block. Stream: the 16
-// rows of dst are whole 64-byte lines (the caller checks the alignment) written
-// with non-temporal stores, which do not pull the output through the cache.
-template <bool Stream = false>
+// dst[r * ldd + c] = src[c * lds + r] for a 16 x 16 float block.
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transpose16x16(
     const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], a[16], b[16], c[16];
@@ -237,15 +234,8 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) inline void transp
     c[12 + i] = _mm512_shuffle_f32x4(b[8 + i], b[12 + i], 0xDD);
   }
   for (int i = 0; i < 8; ++i) {
-    const __m512 lo = _mm512_shuffle_f32x4(c[i], c[8 + i], 0x88);
-    const __m512 hi = _mm512_shuffle_f32x4(c[i], c[8 + i], 0xDD);
-    if constexpr (Stream) {
-      _mm512_stream_ps(dst + i * ldd, lo);
-      _mm512_stream_ps(dst + (8 + i) * ldd, hi);
-    } else {
-      _mm512_storeu_ps(dst + i * ldd, lo);
-      _mm512_storeu_ps(dst + (8 + i) * ldd, hi);
-    }
+    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0x88));
+    _mm512_storeu_ps(dst + (8 + i) * ldd, _mm512_shuffle_f32x4(c[i], c[8 + i], 0xDD));
   }
 }
 

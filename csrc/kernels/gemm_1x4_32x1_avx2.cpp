@@ -62,10 +62,6 @@ struct MicroAvx2 {
     }
   }
   static constexpr int64_t kTr = 8;
-  // A transposed row is half a line: streamed halves written at different times
-  // would leave partial write-combining flushes, so AVX2 keeps normal stores.
-  static constexpr bool kCanStream = false;
-  template <bool Stream>
   SQFX_GEMM_TARGET static inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd) {
     x86::transpose8x8(src, lds, dst, ldd);
   }

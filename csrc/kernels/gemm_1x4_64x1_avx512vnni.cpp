@@ -53,10 +53,8 @@ struct MicroVnni {
       _mm512_storeu_ps(dst + 16 * u, x86::epilogue_m16_avx512(acc.v[u], zp + 16 * u, scale + 16 * u, o, relu));
   }
   static constexpr int64_t kTr = 16;
-  static constexpr bool kCanStream = true;  // a transposed row is one 64-byte line
-  template <bool Stream>
   SQFX_GEMM_TARGET static inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd) {
-    x86::transpose16x16<Stream>(src, lds, dst, ldd);
+    x86::transpose16x16(src, lds, dst, ldd);
   }
 };
 

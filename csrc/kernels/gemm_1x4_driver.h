@@ -33,33 +33,23 @@
 // L2-sized: the panel slice stays in L2 while a block of output rows reads it.
 constexpr int64_t kGemmL1Bytes = 128 * 1024;
 constexpr int64_t kGemmRowsN = 256;  // output rows per accumulator block
-// Outputs of at least this many bytes are written with non-temporal stores
-// (rows of whole lines only: N a multiple of 16). Written through the cache, a
-// pass's output (64 rows x N floats, rows N * 4 bytes apart, so one flush lands
-// in few L1 sets) evicted the activation panel the next rows read: the profile
-// (1536x384, 90%, M = 2048) showed the panel loads as the stall. An output this
-// large does not stay in L2 for the next layer anyway.
-constexpr int64_t kGemmStreamOutBytes = 4 << 20;
 
 // The finished outputs of up to kTileN output rows wait in a tile T[n][m]
 // (one vector store per finish); this writes them to out[m][n] through
 // Micro::kTr x kTr register transposes (scalar copies at the edges).
-// stream: write whole aligned 64-byte lines with non-temporal stores (see
-// kGemmStreamOutBytes); other blocks and the edges use normal stores.
+// (Non-temporal stores here made the op alone 1.5-2.5x faster at M = 2048 with outputs of
+// 12-25 MB, and MiniLM end to end 0-20% slower: the next op then reads its input from DRAM
+// instead of L3. So the output goes through the cache.)
 template <class Micro>
 SQFX_GEMM_TARGET void flush_transposed(const float* tile, int64_t ldt, int64_t rows, int64_t n_tile,
-                                       int64_t count, int64_t N, float* out_m, bool stream) {
+                                       int64_t count, int64_t N, float* out_m) {
   constexpr int64_t B = Micro::kTr;
   for (int64_t r0 = 0; r0 < rows; r0 += B) {
     const int64_t nr = std::min(B, rows - r0);
     int64_t c0 = 0;
     if (nr == B)
       for (; c0 + B <= count; c0 += B) {
-        float* dst = out_m + r0 * N + n_tile + c0;
-        if (Micro::kCanStream && stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0)
-          Micro::template transpose<true>(tile + c0 * ldt + r0, ldt, dst, N);
-        else
-          Micro::template transpose<false>(tile + c0 * ldt + r0, ldt, dst, N);
+        Micro::transpose(tile + c0 * ldt + r0, ldt, out_m + r0 * N + n_tile + c0, N);
       }
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t c = c0; c < count; ++c) out_m[(r0 + r) * N + n_tile + c] = tile[c * ldt + r0 + r];
@@ -88,7 +78,6 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
   const float* const bias = w.bias;
   const int32_t* const row_ptr = w.row_ptr;
   const int64_t n_col_blocks = w.n_col_blocks, N = w.N;
-  const bool stream = N % 16 == 0 && a.M * N * static_cast<int64_t>(sizeof(float)) >= kGemmStreamOutBytes;
   const int32_t* const zp = a.zp + m0 + ms;
   const float* const a_scale = a.scale + m0 + ms;
   bool ok = true;
@@ -147,13 +136,13 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
           Micro::step(acc, wd[j], base + col * stride);
         }
         if (n - n_tile == x86::kTileN) {
-          flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, x86::kTileN, N, out_m, stream);
+          flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, x86::kTileN, N, out_m);
           n_tile = n;
         }
         // Rows past the chunk's end are padding (scale 0, zp 0): computed, never flushed.
         Micro::finish(acc, zp, a_scale, x86::out_row(w_sum, w_scale, bias, n), relu, tile + (n - n_tile) * ldt);
       }
-      if (last && nb1 > nb0) flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, nb1 - n_tile, N, out_m, stream);
+      if (last && nb1 > nb0) flush_transposed<Micro>(tile, ldt, pass_rows, n_tile, nb1 - n_tile, N, out_m);
     }
   }
   return ok;
@@ -190,7 +179,6 @@ SQFX_GEMM_TARGET bool gemm_chunk(const PanelRows& a, int64_t chunk, const BsrWei
     ok &= pass(a, panel, m0, ms, rows, w, col_idx, out, relu, rb_begin, rb_end, acc_buf.data(),
                cursor.data(), tile.data());
   }
-  if (Micro::kCanStream) _mm_sfence();  // the streamed stores are visible before the op returns
   return ok;
 }
 
