@@ -210,15 +210,15 @@ struct ReleaseLargeScratch {
 // front of the portable kernel), bit-identical to the portable one.
 void quantize(Isa isa, const float* x, int64_t K, int64_t b, int64_t e, const QuantizedRows& a) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa != Isa::kGeneric) return quantize_rows_avx2(x, K, b, e, a);
+  if (isa != Isa::kGeneric) return quantize_rows_avx2(x, K, b, e, a, 0, isa == Isa::kAvx512Vnni);
 #endif
   (void)isa;
   quantize_rows(x, K, b, e, a);
 }
 
-void quantize_panel(const float* x, int64_t K, int64_t b, int64_t e, const PanelRows& a) {
+void quantize_panel(Isa isa, const float* x, int64_t K, int64_t b, int64_t e, const PanelRows& a) {
 #if defined(__x86_64__) || defined(_M_X64)
-  quantize_panel_avx2(x, K, b, e, a);  // panel kernels exist on x86 only so far
+  quantize_panel_avx2(x, K, b, e, a, isa == Isa::kAvx512Vnni);  // panel kernels exist on x86 only so far
 #else
   SQFX_CHECK(false, "sqfx: no panel quantizer for this architecture");
 #endif
@@ -244,7 +244,7 @@ void run_onednn(const float* x, int64_t M, const BsrWeight& w, const int8_t* wei
                 bool relu, float* out) {
   const int64_t K = w.K, ld = w.n_col_blocks * w.col_block;
   QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
-  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80); });
+  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80, current_isa() == Isa::kAvx512Vnni); });
   dense_onednn_gemm(a, weight, w.N, ld, reinterpret_cast<int32_t*>(out));
   run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
     dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
@@ -415,7 +415,7 @@ void run_entry(const KernelEntry& kernel, const float* x, int64_t M, const BsrWe
                 ld / 4};
     std::fill(const_cast<float*>(a.scale) + M, const_cast<float*>(a.scale) + padded, 0.0f);
     std::fill(const_cast<int32_t*>(a.zp) + M, const_cast<int32_t*>(a.zp) + padded, 0);
-    run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel(x, K, b, e, a); });
+    run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_panel(isa, x, K, b, e, a); });
     const int64_t n_rb = w.n_row_blocks;
     run_range(n_chunks * n_rb, macs_per_rb * mc, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e;) {

@@ -119,13 +119,13 @@ struct FloatRows {
   int64_t M, ld;
 };
 
-// Vectorized twin of quantize_rows (AVX2 + FMA-free float ops, bit-identical).
+// Vectorized twin of quantize_rows (AVX2, or AVX-512 when wide; bit-identical).
 // flip is XORed into every byte: 0x80 stores q - 128 as int8 (the oneDNN path).
 void quantize_rows_avx2(const float* x, int64_t K, int64_t m_begin,
-                        int64_t m_end, const QuantizedRows& out, uint8_t flip = 0);
+                        int64_t m_end, const QuantizedRows& out, uint8_t flip, bool wide);
 // Quantizes rows [m_begin, m_end) straight into the panel layout.
 void quantize_panel_avx2(const float* x, int64_t K, int64_t m_begin,
-                         int64_t m_end, const PanelRows& out);
+                         int64_t m_end, const PanelRows& out, bool wide);
 
 // The three kernel signatures. Each computes output row blocks [rb_begin,
 // rb_end) and returns false if it met a block column index out of range (it
