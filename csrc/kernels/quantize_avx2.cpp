@@ -23,6 +23,21 @@ struct RowParams {
   float scale, inv, z;
 };
 
+// Scale, 1 / scale and zero point of a row from its range (min and max with 0 included).
+RowParams params_from_range(float lo, float hi, bool finite) {
+  RowParams p{};
+  const float range = hi - lo;
+  p.finite = finite && std::isfinite(range);
+  if (!p.finite) return p;
+  constexpr float kInv255 = 1.0f / 255.0f;
+  // Clamped like quantize_rows.cpp: a subnormal scale would make 1/scale Inf (UB in the casts).
+  p.scale = range > 0.0f ? std::max(range * kInv255, FLT_MIN) : 1.0f;
+  p.inv = 1.0f / p.scale;
+  float z = std::nearbyintf(-lo * p.inv);
+  p.z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
+  return p;
+}
+
 __attribute__((target("avx2,fma"))) RowParams row_params(const float* row,
                                                           int64_t K) {
   __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
@@ -70,17 +85,7 @@ __attribute__((target("avx2,fma"))) RowParams row_params(const float* row,
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
   }
-  RowParams p{};
-  float range = hi - lo;
-  p.finite = finite && std::isfinite(range);
-  if (!p.finite) return p;
-  constexpr float kInv255 = 1.0f / 255.0f;
-  // Clamped like quantize_rows.cpp: a subnormal scale would make 1/scale Inf (UB in the casts).
-  p.scale = range > 0.0f ? std::max(range * kInv255, FLT_MIN) : 1.0f;
-  p.inv = 1.0f / p.scale;
-  float z = std::nearbyintf(-lo * p.inv);
-  p.z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
-  return p;
+  return params_from_range(lo, hi, finite);
 }
 
 // 8 values: clamp(round(v * inv) + z, 0, 255) as int32.
@@ -149,16 +154,7 @@ SQFX_AVX512 RowParams row_params_avx512(const float* row, int64_t K) {
   const float lo = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(mn[0], mn[1]), _mm512_min_ps(mn[2], mn[3])));
   const float hi = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3])));
   const bool finite = _mm512_cmp_ps_mask(nan_probe, nan_probe, _CMP_UNORD_Q) == 0;
-  RowParams p{};
-  const float range = hi - lo;
-  p.finite = finite && std::isfinite(range);
-  if (!p.finite) return p;
-  constexpr float kInv255 = 1.0f / 255.0f;
-  p.scale = range > 0.0f ? std::max(range * kInv255, FLT_MIN) : 1.0f;
-  p.inv = 1.0f / p.scale;
-  float z = std::nearbyintf(-lo * p.inv);
-  p.z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
-  return p;
+  return params_from_range(lo, hi, finite);
 }
 
 SQFX_AVX512 void quantize_values_avx512(const float* row, int64_t K, const RowParams& p, uint8_t* q,
