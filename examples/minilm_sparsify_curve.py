@@ -9,6 +9,13 @@ sentence-embedding cosine vs the dense model (fp32 after sparsify, and with sqfx
 prepare_and_convert), and retrieval agreement: the fraction of evaluation sentences whose nearest
 neighbour (cosine, among the other evaluation sentences, all embedded by the model under test) is
 the dense model's. One JSON line per point goes to --out.
+
+--text picks the sources (sqfx.sparsify.text) that calibration and distillation sentences come from:
+"stdlib" (the default: reference, docstrings, idle), "broad" (wiki, news, newsgroups: the public
+corpora in the gensim wheel), "all", or source names. The evaluation set above stays the same
+whatever --text says (training sentences equal to an evaluation sentence are dropped);
+--eval-broad N adds a second column ("broad" in each row): N sentences of the broad sources'
+held-out hash split, never used for training either.
 """
 from __future__ import annotations
 
@@ -46,13 +53,26 @@ def main(argv=None):
     ap.add_argument("--recovery-stages", type=float, nargs="*", default=[],
                     help="after one-shot, distil in stages up to these cumulative CPU-second budgets, "
                          "measuring after each (resumes from the stage's checkpoint)")
+    ap.add_argument("--text", nargs="+", default=["stdlib"],
+                    help="sources of the calibration/distillation sentences: stdlib, broad, all or source names")
+    ap.add_argument("--eval-broad", type=int, default=0,
+                    help="also evaluate on this many held-out sentences of the broad sources (needs gensim)")
     ap.add_argument("--out", default="sparsify_curve.jsonl")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = demo.load_minilm()
     train, evaluation = demo.evaluation_data(tok)
+    sources = demo.text_sources(args.text)
+    train = demo.training_sentences(sources, train)
     rng = random.Random(0)
     rng.shuffle(train)
+    broad_eval = broad_reference = None
+    if args.eval_broad:
+        broad_eval = broad_evaluation(tok, args.eval_broad)
+        broad_reference = demo.mean_pooled(model, broad_eval)
     calib = text.batches(tok, train[:args.calib], args.batch)
     distill = text.batches(tok, train[:args.distill], args.batch) if args.distill else calib
     reference = demo.mean_pooled(model, evaluation)
@@ -77,10 +97,12 @@ def main(argv=None):
                 sensitivity = {r.fqn: r.sensitivity for r in rep.layers}
                 n_blocks = {r.fqn: r.shape[0] * r.shape[1] // 4 for r in rep.layers}
             row = {"method": method, "allocation": args.allocation, "target": s, "sparsity": rep.sparsity,
-                   "calib": args.calib, "distill": args.distill or args.calib,
+                   "text": list(sources), "train_sentences": len(train), "calib": args.calib, "distill": args.distill or args.calib,
                    "recovery_cpu_budget": args.recovery_cpu, "recovery": rep.recovery, "cpu_seconds": cpu,
                    "fp32": demo.accuracy(sparse, reference, evaluation),
                    "layers": {r.fqn: round(r.sparsity, 3) for r in rep.layers}}
+            if broad_eval is not None:
+                row["broad"] = broad_accuracy(sparse, broad_reference, broad_eval)
             if not args.no_int8:
                 int8 = demo.convert(sparse, sparse.sqfx_masks, example_inputs=example)
                 row["int8"] = demo.accuracy(int8, reference, evaluation)
@@ -88,7 +110,22 @@ def main(argv=None):
                 row["sensitivity"] = sensitivity
             emit(row, args.out)
             if args.recovery_stages:
-                staged_recovery(model, sparse, distill, args, row, reference, evaluation, example)
+                staged_recovery(model, sparse, distill, args, row, reference, evaluation, example,
+                                broad_reference, broad_eval)
+
+
+def broad_accuracy(model, reference, inputs) -> dict:
+    acc = demo.accuracy(model, reference, inputs)
+    acc.pop("cosine_everyday")   # the broad column has no everyday part
+    return acc
+
+
+def broad_evaluation(tok, n: int) -> dict:
+    """n sentences of the broad sources' held-out hash split (a fixed shuffle, so all three sources appear)."""
+    _, held = text.split(text.english_sentences(demo.text_sources(["broad"])))
+    random.Random(1).shuffle(held)
+    enc = tok(held[:n], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def emit(row, out):
@@ -97,7 +134,8 @@ def emit(row, out):
         f.write(json.dumps(row) + "\n")
 
 
-def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, example):
+def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, example,
+                    broad_reference=None, broad_eval=None):
     """Distils `sparse` in place in stages of growing CPU budget; one row per stage."""
     import tempfile
 
@@ -112,10 +150,12 @@ def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, e
         cfg = RecoveryConfig(steps=100_000, max_cpu_seconds=budget, lr=args.lr, checkpoint_dir=ckpt,
                              checkpoint_every=25, progress=False)
         info = recover(sparse, dense, calls, masks, cfg)
-        row = {**{k: base[k] for k in ("method", "allocation", "target", "sparsity", "calib")},
+        row = {**{k: base[k] for k in ("method", "allocation", "target", "sparsity", "text", "calib")},
                "distill": len(distill) * args.batch, "recovery": {k: info[k] for k in ("steps", "cpu_seconds")},
                "recovery_cpu_budget": budget, "train_loss_last20": sum(info["losses"][-20:]) / max(1, len(info["losses"][-20:])),
                "fp32": demo.accuracy(sparse, reference, evaluation)}
+        if broad_eval is not None:
+            row["broad"] = broad_accuracy(sparse, broad_reference, broad_eval)
         if not args.no_int8 and i == len(args.recovery_stages) - 1:
             int8 = demo.convert(sparse, sparse.sqfx_masks, example_inputs=example)
             row["int8"] = demo.accuracy(int8, reference, evaluation)

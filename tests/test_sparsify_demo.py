@@ -76,3 +76,17 @@ def test_sparsify_cached_and_the_pipeline_on_it(demo, tiny_bert, tmp_path):
     acc = demo.accuracy(first, dense_ref, inputs, n_everyday=2)
     assert acc["cosine"] == pytest.approx(result["cosine_dense"]["fp32 eager"], abs=1e-5)
     assert 0.0 <= acc["retrieval"] <= 1.0
+
+
+def test_text_sources(demo, monkeypatch):
+    from sqfx.sparsify import text
+
+    assert demo.text_sources(["stdlib"]) == text.STDLIB
+    assert demo.text_sources(["stdlib", "reference"]) == text.STDLIB   # deduplicated, in order
+    assert demo.training_sentences(text.STDLIB, ["a", "b"]) == ["a", "b"]
+    monkeypatch.setattr(text, "gensim_test_data", lambda: None)
+    assert demo.text_sources(["auto"]) == text.STDLIB   # without gensim: the stdlib text, no error
+    with pytest.raises(SystemExit, match="pip install gensim"):
+        demo.text_sources(["broad"])
+    with pytest.raises(SystemExit, match="unknown"):
+        demo.text_sources(["nope"])
