@@ -48,9 +48,8 @@ SQFX_GEMM_TARGET void flush_transposed(const float* tile, int64_t ldt, int64_t r
     const int64_t nr = std::min(B, rows - r0);
     int64_t c0 = 0;
     if (nr == B)
-      for (; c0 + B <= count; c0 += B) {
+      for (; c0 + B <= count; c0 += B)
         Micro::transpose(tile + c0 * ldt + r0, ldt, out_m + r0 * N + n_tile + c0, N);
-      }
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t c = c0; c < count; ++c) out_m[(r0 + r) * N + n_tile + c] = tile[c * ldt + r0 + r];
   }
