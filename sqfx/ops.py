@@ -159,6 +159,8 @@ def qlinear_weight_only(
 ) -> torch.Tensor:
     """Calls `torch.ops.sqfx.qlinear_weight_only`: fp32 x dequantized int8 BSR weight, fp32 sums."""
     return torch.ops.sqfx.qlinear_weight_only(input, values, row_ptr, col_idx, w_scale, bias, in_features, relu)
+
+
 # ---- the eager call of either op, shared by SparseQuantLinear.forward and PackedLinear.__call__ ----
 _QLINEAR_OPS = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
 # An OpOverload's C++ callable, without OpOverload.__call__'s Python frame (the same dispatcher

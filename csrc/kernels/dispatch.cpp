@@ -244,10 +244,11 @@ void run_onednn(const float* x, int64_t M, const BsrWeight& w, const int8_t* wei
                 bool relu, float* out) {
   const int64_t K = w.K, ld = w.n_col_blocks * w.col_block;
   QuantizedRows a{grow(tls.q, M * ld), grow(tls.scale, M), grow(tls.zp, M), M, ld};
-  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80, current_isa() == Isa::kAvx512Vnni); });
+  const bool wide = current_isa() == Isa::kAvx512Vnni;  // AVX-512 quantizer and epilogue
+  run_range(M, 4 * K, [&](int64_t b, int64_t e) { quantize_rows_avx2(x, K, b, e, a, 0x80, wide); });
   dense_onednn_gemm(a, weight, w.N, ld, reinterpret_cast<int32_t*>(out));
   run_range(M, 4 * w.N, [&](int64_t b, int64_t e) {
-    dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum);
+    dense_onednn_epilogue_rows(a, w, relu, out, b, e, row_sum, wide);
   });
 }
 

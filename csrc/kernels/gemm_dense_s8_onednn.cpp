@@ -159,21 +159,12 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))) void epilogue_rows
   }
 }
 
-bool has_avx512() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-  }();
-  return yes;
-}
-
 }  // namespace
 
 __attribute__((target("avx2,fma"))) void dense_onednn_epilogue_rows(
     const QuantizedRows& a, const BsrWeight& w, bool relu, float* out, int64_t m_begin,
-    int64_t m_end, const int32_t* shift_sum) {
-  if (has_avx512()) return epilogue_rows_avx512(a, w, relu, out, m_begin, m_end, shift_sum);
+    int64_t m_end, const int32_t* shift_sum, bool wide) {
+  if (wide) return epilogue_rows_avx512(a, w, relu, out, m_begin, m_end, shift_sum);
   // shift_sum: the true row sums of the weight the GEMM read (undo the q - 128 shift exactly,
   // whatever w_sum says: the op only bounds it).
   const int32_t* ssum = shift_sum;

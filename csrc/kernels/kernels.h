@@ -177,9 +177,10 @@ void dense_onednn_gemm(const QuantizedRows& a, const int8_t* weight, int64_t N, 
 bool dense_layout_cols_ok(const BsrWeight& w);
 // sums[n] = the sum of row n's K int8 weights (row stride ldw), for n in [n_begin, n_end).
 void dense_row_sums(const int8_t* weight, int64_t ldw, int64_t K, int64_t n_begin, int64_t n_end, int32_t* sums);
-// Converts rows [m_begin, m_end) of out from C to the final floats, in place.
+// Converts rows [m_begin, m_end) of out from C to the final floats, in place (AVX-512 when wide).
 void dense_onednn_epilogue_rows(const QuantizedRows& a, const BsrWeight& w, bool relu,
-                                float* out, int64_t m_begin, int64_t m_end, const int32_t* shift_sum);
+                                float* out, int64_t m_begin, int64_t m_end, const int32_t* shift_sum,
+                                bool wide);
 // 1x4 weights with a tiled layout (w.tiled), small M: gather-free, lane =
 // output row, window dwords picked by vpermi2d (VNNI) / vpermd + blends (AVX2).
 // Here rb_begin / rb_end count tiles of kTiledLanes rows.
