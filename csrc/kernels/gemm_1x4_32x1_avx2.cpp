@@ -1,9 +1,10 @@
 // Token-batch sparse GEMM, 1x4 blocks, AVX2: register tile of 32 input rows x
 // 1 output row; K and N cache blocking and the loop order are in
-// gemm_1x4_driver.h. Exact without VNNI: per 4 rows the panel's 16 bytes are
-// widened to int16 and vpmaddwd multiplies them with the block's 4 weights (as
-// int16, repeated), summing pairs into int32 -- no saturating vpmaddubsw. Two
-// accumulators per 8 rows hold the pair sums; finish adds the pairs.
+// gemm_1x4_driver.h. Exact without VNNI: the chunk's panel is widened to
+// int16 once (kActBytes = 2); per 4 rows, vpmaddwd multiplies its 16 values
+// with the block's 4 weights (as int16, repeated), summing pairs into int32 --
+// no saturating vpmaddubsw. Two accumulators per 8 rows hold the pair sums;
+// finish adds the pairs.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -22,6 +23,13 @@ struct MicroAvx2 {
   static constexpr int64_t kUnitRows = 8;
   static constexpr int kMaxUnits = 4;
   static constexpr bool kTwoSets = false;
+  static constexpr int64_t kActBytes = 2;  // step() reads the int16 copy of the panel
+  // n u8 (a multiple of 16) -> int16, zero-extended
+  SQFX_GEMM_TARGET static inline void widen(const uint8_t* src, int64_t n, int16_t* dst) {
+    for (int64_t i = 0; i < n; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
   template <int U>
   struct Acc {
     __m256i v[2 * U];
@@ -47,8 +55,7 @@ struct MicroAvx2 {
   SQFX_GEMM_TARGET static inline void step(Acc<U>& acc, int32_t wdword, const uint8_t* src) {
     const __m256i w16 = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(wdword)));
     for (int u = 0; u < 2 * U; ++u) {
-      const __m256i act =
-          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * u)));
+      const __m256i act = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * u));  // int16
       acc.v[u] = _mm256_add_epi32(acc.v[u], _mm256_madd_epi16(act, w16));
     }
   }

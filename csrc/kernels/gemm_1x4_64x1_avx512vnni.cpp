@@ -20,6 +20,7 @@ struct MicroVnni {
   static constexpr int64_t kUnitRows = 16;
   static constexpr int kMaxUnits = 4;
   static constexpr bool kTwoSets = true;
+  static constexpr int64_t kActBytes = 1;  // vpdpbusd reads the u8 panel
   template <int U>
   struct Acc {
     __m512i v[U];

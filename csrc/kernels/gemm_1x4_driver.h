@@ -20,7 +20,12 @@
 // >= n_col_blocks) always reaches the last tile's check and is never read.
 //
 // Micro (per ISA) provides kUnitRows, kMaxUnits, Acc<U>, and static
-// zero / load / store / step / finish.
+// zero / load / store / step / finish; kActBytes (1 or 2) is the width of the
+// activations step() reads: 2 means each chunk's u8 panel is first widened to
+// int16 by Micro::widen (same layout, twice the bytes) into a per-thread copy,
+// once per chunk and call (AVX2: its exact product, vpmaddwd, takes int16, and
+// widening once costs 1 / (N x density) of the GEMM instead of one widening
+// per block and row).
 #ifndef SQFX_GEMM_TARGET
 #error "define SQFX_GEMM_TARGET before including gemm_1x4_driver.h"
 #endif
@@ -62,12 +67,13 @@ SQFX_GEMM_TARGET bool gemm_pass(const PanelRows& a, const uint8_t* panel, int64_
                                 int64_t* cursor, float* tile) {
   using Acc = typename Micro::template Acc<U>;
   constexpr int64_t kAccInts = sizeof(Acc) / sizeof(int32_t);
-  const int64_t stride = a.mc * 4;  // bytes per column group
+  constexpr int64_t act = Micro::kActBytes;
+  const int64_t stride = a.mc * 4 * act;  // bytes per column group
   const int64_t pass_rows = std::min<int64_t>(rows - ms, Micro::kUnitRows * U);
-  const int64_t ktg = std::max<int64_t>(1, kGemmL1Bytes / (Micro::kUnitRows * U * 4));
+  const int64_t ktg = std::max<int64_t>(1, kGemmL1Bytes / (Micro::kUnitRows * U * 4 * act));
   const int64_t n_tiles = (w.n_col_blocks + ktg - 1) / ktg;
   const int32_t* wd = reinterpret_cast<const int32_t*>(w.values);
-  const uint8_t* base = panel + ms * 4;
+  const uint8_t* base = panel + ms * 4 * act;
   constexpr int64_t ldt = Micro::kUnitRows * Micro::kMaxUnits;  // tile row length
   float* out_m = out + (m0 + ms) * w.N;
   // Local copies: the per-row epilogue scalars are read through these, not through
@@ -163,6 +169,13 @@ SQFX_GEMM_TARGET bool gemm_chunk(const PanelRows& a, int64_t chunk, const BsrWei
   const int64_t m0 = chunk * a.mc;
   const int64_t rows = std::min(a.mc, a.M - m0);
   const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
+  if constexpr (Micro::kActBytes == 2) {
+    thread_local std::vector<int16_t> wide;
+    const int64_t n = a.groups * a.mc * 4;
+    if (static_cast<int64_t>(wide.size()) < n) wide.resize(n);
+    Micro::widen(panel, n, wide.data());
+    panel = reinterpret_cast<const uint8_t*>(wide.data());
+  }
   bool ok = true;
   for (int64_t ms = 0; ms < rows; ms += pass_max) {
     const int64_t units = std::min<int64_t>(Micro::kMaxUnits, (rows - ms + Micro::kUnitRows - 1) / Micro::kUnitRows);
