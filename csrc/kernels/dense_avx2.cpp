@@ -1,11 +1,11 @@
 // AVX2 dense int8 kernel for the dense layout (pack(layout="dense"): each
 // output row one 1 x K_padded block, block column 0), large M.
 //
-// Activations come in the panel layout (PanelRows). All rows share the same
-// columns, so the register tile covers 2 output rows x 2 groups of 8 input
-// rows: each widened activation vector feeds 2 vpmaddwd. Products are exact:
-// u8 and s8 widened to int16, vpmaddwd sums pairs into int32 (no saturating
-// vpmaddubsw).
+// Activations come in the panel layout (PanelRows), widened to int16 once per
+// chunk. All rows share the same columns, so the register tile covers 2 output
+// rows x 2 groups of 8 input rows (1 at the chunk's end): each activation
+// vector feeds 2 vpmaddwd. Products are exact: u8 and s8 widened to int16,
+// vpmaddwd sums pairs into int32 (no saturating vpmaddubsw).
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,23 +27,24 @@ SQFX_AVX2 inline __m256i weight16(const int8_t* v) {
   return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(w4)));
 }
 
-// NR output rows x U units of 8 input rows (ms..) of one chunk.
+// NR output rows x U units of 8 input rows (ms..) of one chunk; `panel`: the
+// chunk widened to int16 (dense_panel_avx2), read straight into vpmaddwd.
 template <int NR, int U>
-SQFX_AVX2 void micro_tile(const PanelRows& a, const uint8_t* panel, int64_t m0, int64_t rows,
+SQFX_AVX2 void micro_tile(const PanelRows& a, const int16_t* panel, int64_t m0, int64_t rows,
                     const BsrWeight& w, float* tile, int64_t n_tile, bool relu, int64_t n0, int64_t ms) {
   const int64_t groups = w.col_block / 4, stride = a.mc * 4;
   __m256i acc[NR][2 * U];
   for (int r = 0; r < NR; ++r)
     for (int u = 0; u < 2 * U; ++u) acc[r][u] = _mm256_setzero_si256();
-  const uint8_t* src = panel + ms * 4;
+  const int16_t* src = panel + ms * 4;
+  const int8_t* wv = w.values + n0 * w.col_block;
   for (int64_t g = 0; g < groups; ++g, src += stride) {
-    __m256i act[2 * U];
-    for (int u = 0; u < 2 * U; ++u)
-      act[u] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * u)));
     for (int r = 0; r < NR; ++r) {
-      const __m256i w16 = weight16(w.values + (n0 + r) * w.col_block + 4 * g);
-      for (int u = 0; u < 2 * U; ++u)
-        acc[r][u] = _mm256_add_epi32(acc[r][u], _mm256_madd_epi16(act[u], w16));
+      const __m256i w16 = weight16(wv + r * w.col_block + 4 * g);
+      for (int u = 0; u < 2 * U; ++u) {
+        const __m256i act = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * u));
+        acc[r][u] = _mm256_add_epi32(acc[r][u], _mm256_madd_epi16(act, w16));
+      }
     }
   }
   for (int r = 0; r < NR; ++r) {
@@ -58,17 +59,21 @@ SQFX_AVX2 void micro_tile(const PanelRows& a, const uint8_t* panel, int64_t m0, 
   }
 }
 
+// Passes of 2 units (16 rows: 2 x 4 accumulators). 3 units (12 accumulators) made gcc spill
+// them to the stack and ran 1.2x slower (AMD Zen1, 4 shapes at M = 32-512).
 template <int NR>
-void rows_group(const PanelRows& a, const uint8_t* panel, int64_t m0, int64_t rows,
+void rows_group(const PanelRows& a, const int16_t* panel, int64_t m0, int64_t rows,
                 const BsrWeight& w, float* tile, int64_t n_tile, bool relu, int64_t n0) {
   const int64_t units = (rows + 7) / 8;
-  for (int64_t u = 0; u < units; u += 2) {
-    if (units - u >= 2) {
-      micro_tile<NR, 2>(a, panel, m0, rows, w, tile, n_tile, relu, n0, u * 8);
-    } else {
-      micro_tile<NR, 1>(a, panel, m0, rows, w, tile, n_tile, relu, n0, u * 8);
-    }
-  }
+  int64_t u = 0;
+  for (; u + 2 <= units; u += 2) micro_tile<NR, 2>(a, panel, m0, rows, w, tile, n_tile, relu, n0, u * 8);
+  if (units - u == 1) micro_tile<NR, 1>(a, panel, m0, rows, w, tile, n_tile, relu, n0, u * 8);
+}
+
+SQFX_AVX2 void widen_panel(const uint8_t* src, int64_t n, int16_t* dst) {
+  for (int64_t i = 0; i < n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
 }
 
 }  // namespace
@@ -77,7 +82,7 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, flo
                       bool relu, int64_t rb_begin, int64_t rb_end) {
   const int64_t m0 = chunk * a.mc;
   const int64_t rows = a.M - m0 < a.mc ? a.M - m0 : a.mc;
-  const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
+  const uint8_t* panel8 = a.data + chunk * a.groups * a.mc * 4;
   bool ok = true;
   for (int64_t n = rb_begin; n < rb_end; ++n)
     ok &= w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n] == 0
@@ -87,6 +92,13 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, flo
   constexpr int64_t kTileN = x86::kTileN;  // a multiple of 2
   if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
   float* tile = tile_buffer.data();
+  // The chunk widened to int16 once (u8 -> int16 for the exact vpmaddwd): 1 / N of the GEMM's
+  // work, instead of a widening per 8 rows, 4 columns and pair of output rows.
+  thread_local std::vector<int16_t> wide;
+  const int64_t n_panel = a.groups * a.mc * 4;
+  if (static_cast<int64_t>(wide.size()) < n_panel) wide.resize(n_panel);
+  widen_panel(panel8, n_panel, wide.data());
+  const int16_t* panel = wide.data();
   for (int64_t n_tile = rb_begin; n_tile < rb_end; n_tile += kTileN) {
     const int64_t n_end = rb_end - n_tile < kTileN ? rb_end : n_tile + kTileN;
     int64_t n = n_tile;
