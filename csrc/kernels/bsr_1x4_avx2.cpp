@@ -11,15 +11,17 @@
 //   and clamped, the activation dwords gathered (vpgatherdd); 2-3 rows: the
 //   columns of a piece checked first, the activation dwords copied with
 //   scalar loads into a buffer once for all rows (cheaper than a gather per row).
-// panel kernel (large M): activations packed per call (PanelRows) so a block's
-//   4 input columns hold up to 32 rows in 4 unit-stride loads; one broadcast
-//   weight dword multiplies them all (register tile over input rows).
+// panel kernel (large M): activations packed per call (PanelRows), each chunk
+//   widened to int16 once, so a block's 4 input columns hold up to 32 rows in
+//   8 unit-stride loads; one broadcast weight dword multiplies them all
+//   (register tile over input rows).
 #include <immintrin.h>
 
 #include <cstring>
 #include <vector>
 
 #include "bsr_1x4_x86.h"
+#include "panel_i16_avx2.h"
 
 namespace sqfx {
 namespace {
@@ -149,9 +151,10 @@ SQFX_AVX2 bool rows_wide(const QuantizedRows& a, const BsrWeight& w, const Index
   return ok;
 }
 
-// U units of 8 input rows (rows ms .. ms + 8U of the chunk) for output row n.
+// U units of 8 input rows (rows ms .. ms + 8U of the chunk) for output row n;
+// `panel`: the chunk widened to int16 (bsr_1x4_panel_avx2), read straight into vpmaddwd.
 template <typename Index, int U>
-SQFX_AVX2 bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
+SQFX_AVX2 bool panel_tile(const PanelRows& a, const int16_t* panel, int64_t m0,
                           int64_t rows, const BsrWeight& w, const Index* col_idx,
                           float* tile, int64_t n_tile, bool relu, int64_t n, int64_t ms) {
   const int64_t cb = w.col_block, nsub = cb / 4, stride = a.mc * 4;
@@ -162,16 +165,14 @@ SQFX_AVX2 bool panel_tile(const PanelRows& a, const uint8_t* panel, int64_t m0,
     const int64_t col = static_cast<int64_t>(col_idx[j]);
     if (!col_ok(col, w.n_col_blocks)) { ok = false; continue; }
     const int8_t* v = w.values + j * cb;
-    const uint8_t* src = panel + col * nsub * stride + ms * 4;
+    const int16_t* src = panel + col * nsub * stride + ms * 4;
     for (int64_t t = 0; t < nsub; ++t, v += 4, src += stride) {
       int32_t w4;
       std::memcpy(&w4, v, 4);
       __m256i w16 = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(w4)));
-      for (int u = 0; u < U; ++u) {
-        __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * u)));
-        __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32 * u + 16)));
-        acc[2 * u] = _mm256_add_epi32(acc[2 * u], _mm256_madd_epi16(lo, w16));
-        acc[2 * u + 1] = _mm256_add_epi32(acc[2 * u + 1], _mm256_madd_epi16(hi, w16));
+      for (int u = 0; u < 2 * U; ++u) {
+        const __m256i act = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * u));
+        acc[u] = _mm256_add_epi32(acc[u], _mm256_madd_epi16(act, w16));
       }
     }
   }
@@ -203,7 +204,7 @@ bool bsr_1x4_rows_avx2(const QuantizedRows& a, const BsrWeight& w, float* out,
 
 bool bsr_1x4_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                         float* out, bool relu, int64_t rb_begin, int64_t rb_end) {
-  const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
+  const int16_t* panel = widened_chunk(a, chunk);
   return with_index(w, [&](auto idx) {
     using Index = std::remove_const_t<std::remove_pointer_t<decltype(idx)>>;
     return panel_loop<8, 4>(a, chunk, w, out, rb_begin, rb_end,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "epilogue_x86.h"
+#include "panel_i16_avx2.h"
 #include "kernels.h"
 
 namespace sqfx {
@@ -70,19 +71,12 @@ void rows_group(const PanelRows& a, const int16_t* panel, int64_t m0, int64_t ro
   if (units - u == 1) micro_tile<NR, 1>(a, panel, m0, rows, w, tile, n_tile, relu, n0, u * 8);
 }
 
-SQFX_AVX2 void widen_panel(const uint8_t* src, int64_t n, int16_t* dst) {
-  for (int64_t i = 0; i < n; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-}
-
 }  // namespace
 
 bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
                       bool relu, int64_t rb_begin, int64_t rb_end) {
   const int64_t m0 = chunk * a.mc;
   const int64_t rows = a.M - m0 < a.mc ? a.M - m0 : a.mc;
-  const uint8_t* panel8 = a.data + chunk * a.groups * a.mc * 4;
   bool ok = true;
   for (int64_t n = rb_begin; n < rb_end; ++n)
     ok &= w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n] == 0
@@ -92,13 +86,7 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w, flo
   constexpr int64_t kTileN = x86::kTileN;  // a multiple of 2
   if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
   float* tile = tile_buffer.data();
-  // The chunk widened to int16 once (u8 -> int16 for the exact vpmaddwd): 1 / N of the GEMM's
-  // work, instead of a widening per 8 rows, 4 columns and pair of output rows.
-  thread_local std::vector<int16_t> wide;
-  const int64_t n_panel = a.groups * a.mc * 4;
-  if (static_cast<int64_t>(wide.size()) < n_panel) wide.resize(n_panel);
-  widen_panel(panel8, n_panel, wide.data());
-  const int16_t* panel = wide.data();
+  const int16_t* panel = widened_chunk(a, chunk);
   for (int64_t n_tile = rb_begin; n_tile < rb_end; n_tile += kTileN) {
     const int64_t n_end = rb_end - n_tile < kTileN ? rb_end : n_tile + kTileN;
     int64_t n = n_tile;

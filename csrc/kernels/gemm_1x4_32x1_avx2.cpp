@@ -13,6 +13,7 @@
 
 #include "epilogue_x86.h"
 #include "kernels.h"
+#include "panel_i16_avx2.h"
 
 namespace sqfx {
 namespace {
@@ -23,12 +24,9 @@ struct MicroAvx2 {
   static constexpr int64_t kUnitRows = 8;
   static constexpr int kMaxUnits = 4;
   static constexpr bool kTwoSets = false;
-  static constexpr int64_t kActBytes = 2;  // step() reads the int16 copy of the panel
-  // n u8 (a multiple of 16) -> int16, zero-extended
-  SQFX_GEMM_TARGET static inline void widen(const uint8_t* src, int64_t n, int16_t* dst) {
-    for (int64_t i = 0; i < n; i += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  static constexpr int64_t kActBytes = 2;  // step() reads x86::widened_chunk's int16 copy
+  static const uint8_t* act_panel(const PanelRows& a, int64_t chunk) {
+    return reinterpret_cast<const uint8_t*>(x86::widened_chunk(a, chunk));
   }
   template <int U>
   struct Acc {

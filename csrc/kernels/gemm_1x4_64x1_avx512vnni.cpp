@@ -21,6 +21,9 @@ struct MicroVnni {
   static constexpr int kMaxUnits = 4;
   static constexpr bool kTwoSets = true;
   static constexpr int64_t kActBytes = 1;  // vpdpbusd reads the u8 panel
+  static const uint8_t* act_panel(const PanelRows& a, int64_t chunk) {
+    return a.data + chunk * a.groups * a.mc * 4;
+  }
   template <int U>
   struct Acc {
     __m512i v[U];

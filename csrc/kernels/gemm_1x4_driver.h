@@ -20,12 +20,9 @@
 // >= n_col_blocks) always reaches the last tile's check and is never read.
 //
 // Micro (per ISA) provides kUnitRows, kMaxUnits, Acc<U>, and static
-// zero / load / store / step / finish; kActBytes (1 or 2) is the width of the
-// activations step() reads: 2 means each chunk's u8 panel is first widened to
-// int16 by Micro::widen (same layout, twice the bytes) into a per-thread copy,
-// once per chunk and call (AVX2: its exact product, vpmaddwd, takes int16, and
-// widening once costs 1 / (N x density) of the GEMM instead of one widening
-// per block and row).
+// zero / load / store / step / finish, and act_panel: the chunk's activations
+// as step() reads them, kActBytes (1 or 2) bytes each (AVX2: the int16 copy of
+// x86::widened_chunk, panel_i16_avx2.h, as its exact product takes int16).
 #ifndef SQFX_GEMM_TARGET
 #error "define SQFX_GEMM_TARGET before including gemm_1x4_driver.h"
 #endif
@@ -168,14 +165,7 @@ SQFX_GEMM_TARGET bool gemm_chunk(const PanelRows& a, int64_t chunk, const BsrWei
   if (static_cast<int64_t>(tile.size()) < pass_max * x86::kTileN) tile.resize(pass_max * x86::kTileN);
   const int64_t m0 = chunk * a.mc;
   const int64_t rows = std::min(a.mc, a.M - m0);
-  const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
-  if constexpr (Micro::kActBytes == 2) {
-    thread_local std::vector<int16_t> wide;
-    const int64_t n = a.groups * a.mc * 4;
-    if (static_cast<int64_t>(wide.size()) < n) wide.resize(n);
-    Micro::widen(panel, n, wide.data());
-    panel = reinterpret_cast<const uint8_t*>(wide.data());
-  }
+  const uint8_t* panel = Micro::act_panel(a, chunk);
   bool ok = true;
   for (int64_t ms = 0; ms < rows; ms += pass_max) {
     const int64_t units = std::min<int64_t>(Micro::kMaxUnits, (rows - ms + Micro::kUnitRows - 1) / Micro::kUnitRows);
