@@ -119,7 +119,8 @@ def recover(student: nn.Module, dense: nn.Module, calls: list[Call], masks: dict
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "cpu_seconds": spent, "losses": losses, "masks": float_masks, "sparsity": history}, tmp)
+                    "step": step, "cpu_seconds": spent, "losses": losses, "masks": float_masks,
+                    "sparsity": history}, tmp)
         os.replace(tmp, path)
 
     teacher_cache: dict[int, torch.Tensor] = {}
