@@ -57,6 +57,11 @@ def main(argv=None):
                     help="sources of the calibration/distillation sentences: stdlib, broad, all or source names")
     ap.add_argument("--eval-broad", type=int, default=0,
                     help="also evaluate on this many held-out sentences of the broad sources (needs gensim)")
+    ap.add_argument("--schedule", default="fixed", choices=["fixed", "gradual"],
+                    help="recovery's mask schedule: fixed one-shot masks, or gradual pruning from the dense weights")
+    ap.add_argument("--prune-until", type=float, default=0.5,
+                    help="gradual: fraction of the recovery steps over which sparsity ramps up")
+    ap.add_argument("--prune-every", type=int, default=10, help="gradual: steps between mask updates")
     ap.add_argument("--out", default="sparsify_curve.jsonl")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
@@ -83,7 +88,7 @@ def main(argv=None):
             recovery = None
             if args.recovery_cpu:
                 recovery = RecoveryConfig(steps=args.recovery_steps, max_cpu_seconds=args.recovery_cpu, lr=args.lr,
-                                          progress=False)
+                                          progress=False, **schedule_args(args))
             cfg = SparsifyConfig(target_sparsity=s, method=method, allocation=args.allocation,
                                  include=["encoder.*"], progress=False, recovery=recovery,
                                  sensitivity_samples=args.sens_samples)
@@ -134,6 +139,10 @@ def emit(row, out):
         f.write(json.dumps(row) + "\n")
 
 
+def schedule_args(args) -> dict:
+    return {"schedule": args.schedule, "prune_until": args.prune_until, "prune_every": args.prune_every}
+
+
 def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, example,
                     broad_reference=None, broad_eval=None):
     """Distils `sparse` in place in stages of growing CPU budget; one row per stage."""
@@ -147,9 +156,11 @@ def staged_recovery(dense, sparse, distill, args, base, reference, evaluation, e
     calls = as_calls(distill)
     ckpt = tempfile.mkdtemp(prefix="sqfx-recovery-")
     for i, budget in enumerate(args.recovery_stages):
-        cfg = RecoveryConfig(steps=100_000, max_cpu_seconds=budget, lr=args.lr, checkpoint_dir=ckpt,
-                             checkpoint_every=25, progress=False)
-        info = recover(sparse, dense, calls, masks, cfg)
+        cfg = RecoveryConfig(steps=args.recovery_steps, max_cpu_seconds=budget, lr=args.lr, checkpoint_dir=ckpt,
+                             checkpoint_every=25, progress=False, **schedule_args(args))
+        info = recover(sparse, dense, calls, masks, cfg, (1, 4))
+        if info["masks"] is not None:
+            sparse.sqfx_masks = info["masks"]
         row = {**{k: base[k] for k in ("method", "allocation", "target", "sparsity", "text", "calib")},
                "distill": len(distill) * args.batch, "recovery": {k: info[k] for k in ("steps", "cpu_seconds")},
                "recovery_cpu_budget": budget, "train_loss_last20": sum(info["losses"][-20:]) / max(1, len(info["losses"][-20:])),

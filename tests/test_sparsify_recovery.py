@@ -6,6 +6,7 @@ from torch import nn
 
 import sqfx
 import sqfx.sparsify.recover as recover_mod
+from sqfx.config import ConfigError
 from sqfx.format import block_view
 from sqfx.sparsify import RecoveryConfig, SparsifyConfig
 
@@ -69,3 +70,69 @@ def test_resume_from_checkpoint(tmp_path, monkeypatch):
     assert resumed.sqfx_sparsify_report.recovery["steps"] == 12
     for k, v in whole.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def run_gradual(steps=24, **kw):
+    return run(steps=steps, schedule="gradual", prune_until=0.5, prune_every=3, **kw)
+
+
+def test_gradual_final_masks_match_the_one_shot_block_counts():
+    one_shot = sqfx.sparsify(tiny_mlp(), data(), SparsifyConfig(target_sparsity=0.7, method="magnitude",
+                                                                 progress=False))
+    model = run_gradual()
+    assert model.sqfx_masks.keys() == one_shot.sqfx_masks.keys()
+    for fqn, mask in model.sqfx_masks.items():
+        assert mask.shape == one_shot.sqfx_masks[fqn].shape
+        assert int(mask.sum()) == int(one_shot.sqfx_masks[fqn].sum())
+        blocks = block_view(model.get_submodule(fqn).weight.detach(), (1, 4))
+        assert torch.all(blocks[~mask] == 0)
+    rows = {r.fqn: r.sparsity for r in model.sqfx_sparsify_report.layers}
+    assert all(abs(rows[f] - (1 - float(m.float().mean()))) < 1e-9 for f, m in model.sqfx_masks.items())
+
+
+def test_gradual_sparsity_ramps_monotonically():
+    history = run_gradual().sqfx_sparsify_report.recovery["sparsity"]
+    steps, sparsity = zip(*history)
+    assert steps == (0, 3, 6, 9, 12) and sparsity[0] == 0
+    assert all(a < b for a, b in zip(sparsity, sparsity[1:]))
+    assert abs(sparsity[-1] - 0.7) < 0.01
+
+
+def test_gradual_stopped_early_still_ends_at_the_final_counts():
+    model = run_gradual(steps=10_000, max_cpu_seconds=0.3)
+    assert model.sqfx_sparsify_report.recovery["steps"] < 5000
+    for mask in model.sqfx_masks.values():
+        assert int((~mask).sum()) == round(0.7 * mask.numel())
+
+
+def test_gradual_resume_mid_ramp(tmp_path, monkeypatch):
+    whole = run_gradual(steps=12)
+    calls = {"n": 0}
+    real = recover_mod.distill_loss
+
+    def failing(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt  # stopped at step 4, mid-ramp (the ramp ends at step 6)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(recover_mod, "distill_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_gradual(steps=12, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    monkeypatch.setattr(recover_mod, "distill_loss", real)
+    state = torch.load(tmp_path / "recovery.pt", weights_only=False)
+    assert state["step"] == 4 and 0 < state["sparsity"][-1][1] < 0.7
+    resumed = run_gradual(steps=12, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    assert resumed.sqfx_sparsify_report.recovery["resumed_from"] == 4
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert all(torch.equal(m, resumed.sqfx_masks[k]) for k, m in whole.sqfx_masks.items())
+    assert whole.sqfx_sparsify_report.recovery["sparsity"] == resumed.sqfx_sparsify_report.recovery["sparsity"]
+
+
+@pytest.mark.parametrize("kw, match", [({"schedule": "cubic"}, "schedule"), ({"prune_until": 0}, "prune_until"),
+                                       ({"prune_until": 1.5}, "prune_until"), ({"prune_every": 0}, "prune_every"),
+                                       ({"prune_every": 2.5}, "prune_every")])
+def test_gradual_bad_config(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        RecoveryConfig(**kw)

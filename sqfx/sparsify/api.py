@@ -3,6 +3,9 @@ weights pruned to block masks (zeroed), with:
 - `model.sqfx_masks`: {fqn: bool block mask}, the `SparseQuantConfig(masks=...)` form that
   prepare_and_convert consumes (the zeroed weights alone also convert to the same kept blocks);
 - `model.sqfx_sparsify_report`: a SparsifyReport (per layer: sparsity, method, reconstruction error).
+With recovery.schedule="gradual" the one-shot step only decides each layer's block count (and the
+report's one-shot columns); recovery then prunes gradually from the dense weights to those counts,
+and sqfx_masks are its final masks.
 """
 from __future__ import annotations
 
@@ -138,8 +141,9 @@ def sparsify(model: nn.Module, data, config: Optional[SparsifyConfig] = None, *,
 
     if config.recovery is not None:
         element_masks = {n: _expand(masks[n], originals[n].shape, block) for n in names}
-        report.recovery = recover(work, dense, recovery_calls, element_masks, config.recovery)
+        report.recovery = recover(work, dense, recovery_calls, element_masks, config.recovery, block)
         report.recovery.pop("losses")
+        masks = report.recovery.pop("masks") or masks  # gradual: its own masks, the same block counts
         report.loss_final = _output_loss(work, loss_calls, teacher)
     work.train(was_training)
     report.cpu_seconds = time.process_time() - cpu0

@@ -13,6 +13,7 @@ from ..config import ConfigError, _check_block, _check_choice, _check_name_patte
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 ALLOCATIONS = ("uniform", "sensitivity")
+SCHEDULES = ("fixed", "gradual")
 
 
 def _check_positive(value, where: str, integer: bool = False, allow_zero: bool = False):
@@ -26,7 +27,7 @@ def _check_positive(value, where: str, integer: bool = False, allow_zero: bool =
 
 @dataclass
 class RecoveryConfig:
-    """Distillation from the dense model with the masks fixed (see sqfx/sparsify/recover.py).
+    """Distillation from the dense model (see sqfx/sparsify/recover.py).
 
     steps: optimizer steps (one step = one item of the data, cycled in a seeded order).
     max_cpu_seconds: stop early once the process has used this much CPU time (time.process_time,
@@ -36,6 +37,11 @@ class RecoveryConfig:
         padding excluded) + cosine_weight * (1 - cosine of the mean-pooled outputs).
     checkpoint_dir: where to write `recovery.pt` every checkpoint_every steps; a run given the
         same directory resumes from it (same seed, same data: the same result).
+    schedule: "fixed" (the one-shot masks stay fixed) or "gradual" (Zhu & Gupta 2017): training
+        starts from the dense weights and every prune_every steps each layer's block masks are
+        recomputed by block L1 magnitude of the current weights at sparsity
+        s_f * (1 - (1 - t / T)^3), T = ceil(prune_until * steps), s_f the layer's one-shot sparsity
+        (the same block count); from step T on (or when the run stops) the masks are at s_f and fixed.
     """
     steps: int = 200
     max_cpu_seconds: Optional[float] = None
@@ -48,6 +54,9 @@ class RecoveryConfig:
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 50
     progress: bool = True
+    schedule: str = "fixed"
+    prune_until: float = 0.5
+    prune_every: int = 10
 
     def __post_init__(self):
         _check_positive(self.steps, "recovery.steps", integer=True, allow_zero=True)
@@ -63,6 +72,12 @@ class RecoveryConfig:
         _check_positive(self.checkpoint_every, "recovery.checkpoint_every", integer=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"sqfx sparsify config: recovery.seed must be an int, got {self.seed!r}")
+        _check_choice(self.schedule, SCHEDULES, "recovery.schedule")
+        _check_positive(self.prune_until, "recovery.prune_until")
+        if self.prune_until > 1:
+            raise ConfigError(f"sqfx sparsify config: recovery.prune_until must be in (0, 1] (a fraction of the "
+                              f"steps), got {self.prune_until!r}")
+        _check_positive(self.prune_every, "recovery.prune_every", integer=True)
 
 
 @dataclass
