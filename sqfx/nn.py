@@ -1,6 +1,8 @@
 """`SparseQuantLinear`: an nn.Module holding a packed int8 block-sparse weight as buffers."""
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -20,6 +22,16 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _QLINEAR_DYNAMIC = torch.ops.sqfx.qlinear_dynamic.default
 _QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
 _is_compiling = torch.compiler.is_compiling
+_F32 = torch.float32
+_DYNAMIC_BUFFERS = operator.itemgetter("values", "row_ptr", "col_idx", "w_scale", "w_sum", "fp32_bias",
+                                       "tiled_tile_ptr", "tiled_step_col", "tiled_slot_w", "tiled_slot_idx",
+                                       "tiled_row_perm")
+_WEIGHT_ONLY_BUFFERS = operator.itemgetter("values", "row_ptr", "col_idx", "w_scale", "fp32_bias")
+
+
+def _on_device_message(values: torch.Tensor) -> str:
+    return (f"SparseQuantLinear runs on the CPU only; its packed weight is on {values.device}: "
+            "move the module back with .cpu()")
 # Buffer names: the bias buffer may not be called `bias`, since `bias()` is a method here
 # as in torch.ao's quantized linears.
 _BUFFER = {"values": "values", "row_ptr": "row_ptr", "col_idx": "col_idx", "w_scale": "w_scale",
@@ -75,38 +87,48 @@ class SparseQuantLinear(nn.Module):
         return cls(packed, relu=relu or fused, act_mode=act_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dtype is not torch.float32 and input.dtype not in _FLOAT_DTYPES:
+        # Eager fp32 CPU calls (the common case) take the short path: every Python step here is
+        # fixed cost per call, and on a small layer that is most of the time (issue 10: the
+        # module must stay within 1.3x nn.Linear). Buffers are read from the dict in one
+        # itemgetter call (Module.__getattr__ is slow); sqfx.ops.call_eager skips the op's
+        # Python autograd kernel when nothing needs a gradient.
+        if not _is_compiling() and input.dtype is _F32 and input.is_cpu:
+            buffers = self.__dict__["_buffers"]
+            if self.act_mode == "weight_only":
+                values, row_ptr, col_idx, w_scale, bias = _WEIGHT_ONLY_BUFFERS(buffers)
+                args = (input, values, row_ptr, col_idx, w_scale, bias, self.in_features, self.relu)
+                op = _QLINEAR_WEIGHT_ONLY
+            else:
+                values, row_ptr, col_idx, w_scale, w_sum, bias, t0, t1, t2, t3, t4 = _DYNAMIC_BUFFERS(buffers)
+                args = (input, values, row_ptr, col_idx, w_scale, w_sum, bias, self.in_features, self.relu,
+                        t0, t1, t2, t3, t4)
+                op = _QLINEAR_DYNAMIC
+            if not values.is_cpu:
+                raise RuntimeError(_on_device_message(values))
+            return _ops.call_eager(op, args, input, w_scale, bias)
+        return self._forward_checked(input)
+
+    def _forward_checked(self, input: torch.Tensor) -> torch.Tensor:
+        """Other dtypes and devices (clear errors, or a cast to float32 and back), and traced calls
+        (torch.compile, torch.export), which read the buffers as attributes as the tracers expect."""
+        if input.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"SparseQuantLinear expects a floating point input, got {input.dtype}")
         if not input.is_cpu:
             raise RuntimeError(f"SparseQuantLinear runs on the CPU only; the input is on {input.device}")
-        # Eager calls read the buffers from the dict (Module.__getattr__ is slow) and go through
-        # sqfx.ops.call_eager (no Python autograd kernel when nothing needs a gradient).
-        # Traced calls (torch.compile, torch.export) take the plain path the tracers know.
-        buffers = self.__dict__["_buffers"] if not _is_compiling() else None
-        if buffers is None:
-            values, w_scale, bias = self.values, self.w_scale, self.fp32_bias
-            row_ptr, col_idx, w_sum = self.row_ptr, self.col_idx, self.w_sum
-        else:
-            values, w_scale, bias = buffers["values"], buffers["w_scale"], buffers["fp32_bias"]
-            row_ptr, col_idx, w_sum = buffers["row_ptr"], buffers["col_idx"], buffers["w_sum"]
+        values, w_scale, bias = self.values, self.w_scale, self.fp32_bias
         if not values.is_cpu:
-            raise RuntimeError(f"SparseQuantLinear runs on the CPU only; its packed weight is on "
-                               f"{values.device}: move the module back with .cpu()")
-        x = input if input.dtype is torch.float32 else input.float()
+            raise RuntimeError(_on_device_message(values))
+        x = input if input.dtype is _F32 else input.float()
         if self.act_mode == "weight_only":
-            op, args = _QLINEAR_WEIGHT_ONLY, (x, values, row_ptr, col_idx, w_scale, bias, self.in_features,
-                                              self.relu)
+            op, args = _QLINEAR_WEIGHT_ONLY, (x, values, self.row_ptr, self.col_idx, w_scale, bias,
+                                              self.in_features, self.relu)
         else:
-            if buffers is None:
-                tiled = (self.tiled_tile_ptr, self.tiled_step_col, self.tiled_slot_w, self.tiled_slot_idx,
-                         self.tiled_row_perm)
-            else:
-                tiled = (buffers["tiled_tile_ptr"], buffers["tiled_step_col"], buffers["tiled_slot_w"],
-                         buffers["tiled_slot_idx"], buffers["tiled_row_perm"])
-            op, args = _QLINEAR_DYNAMIC, (x, values, row_ptr, col_idx, w_scale, w_sum, bias, self.in_features,
-                                          self.relu, *tiled)
-        y = op(*args) if buffers is None else _ops.call_eager(op, args, x, w_scale, bias)
-        return y if input.dtype is torch.float32 else y.to(input.dtype)
+            tiled = (self.tiled_tile_ptr, self.tiled_step_col, self.tiled_slot_w, self.tiled_slot_idx,
+                     self.tiled_row_perm)
+            op, args = _QLINEAR_DYNAMIC, (x, values, self.row_ptr, self.col_idx, w_scale, self.w_sum, bias,
+                                          self.in_features, self.relu, *tiled)
+        y = op(*args) if _is_compiling() else _ops.call_eager(op, args, x, w_scale, bias)
+        return y if input.dtype is _F32 else y.to(input.dtype)
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(torch.bfloat16) must not cast the packed buffers: they are a

@@ -168,6 +168,7 @@ _QLINEAR_OPS = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_w
 _UNBOXED = {op: getattr(op, "_op", op) for op in _QLINEAR_OPS}
 _is_compiling = torch.compiler.is_compiling
 _inference_mode = torch.is_inference_mode_enabled
+_grad_enabled = torch.is_grad_enabled
 
 
 def call_eager(op, args: tuple, x: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None):
@@ -175,10 +176,13 @@ def call_eager(op, args: tuple, x: torch.Tensor, w_scale: torch.Tensor, bias: to
     kernel when nothing needs a gradient: that kernel only refuses backward, and it was most of a
     small layer's fixed cost (issue 10). x, w_scale and bias are the op's differentiable inputs.
     Traced calls (torch.compile, torch.export) and calls that need a gradient take the op itself."""
-    if _is_compiling() or x.requires_grad or w_scale.requires_grad or (bias is not None and bias.requires_grad):
+    if _is_compiling():
         return op(*args)
-    if _inference_mode():  # autograd is off already
+    if _inference_mode():  # autograd is off already: nothing can need a gradient
         return _UNBOXED[op](*args)
+    if _grad_enabled() and (x.requires_grad or w_scale.requires_grad
+                            or (bias is not None and bias.requires_grad)):
+        return op(*args)
     with _BelowAutograd():
         return _UNBOXED[op](*args)
 
