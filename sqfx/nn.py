@@ -23,6 +23,7 @@ _QLINEAR_DYNAMIC = torch.ops.sqfx.qlinear_dynamic.default
 _QLINEAR_WEIGHT_ONLY = torch.ops.sqfx.qlinear_weight_only.default
 _is_compiling = torch.compiler.is_compiling
 _F32 = torch.float32
+_inference_mode = torch.is_inference_mode_enabled
 _DYNAMIC_BUFFERS = operator.itemgetter("values", "row_ptr", "col_idx", "w_scale", "w_sum", "fp32_bias",
                                        "tiled_tile_ptr", "tiled_step_col", "tiled_slot_w", "tiled_slot_idx",
                                        "tiled_row_perm")
@@ -105,6 +106,8 @@ class SparseQuantLinear(nn.Module):
                 op = _QLINEAR_DYNAMIC
             if not values.is_cpu:
                 raise RuntimeError(_on_device_message(values))
+            if _inference_mode():  # what call_eager does first, without a call (1.5 us here)
+                return _ops.UNBOXED[op](*args)
             return _ops.call_eager(op, args, input, w_scale, bias)
         return self._forward_checked(input)
 

@@ -165,7 +165,8 @@ def qlinear_weight_only(
 _QLINEAR_OPS = (torch.ops.sqfx.qlinear_dynamic.default, torch.ops.sqfx.qlinear_weight_only.default)
 # An OpOverload's C++ callable, without OpOverload.__call__'s Python frame (the same dispatcher
 # entry; falls back to the OpOverload itself should torch rename the attribute).
-_UNBOXED = {op: getattr(op, "_op", op) for op in _QLINEAR_OPS}
+# The ops' pybind handles: a call skips OpOverload.__call__ (for callers that know autograd is off).
+UNBOXED = {op: getattr(op, "_op", op) for op in _QLINEAR_OPS}
 _is_compiling = torch.compiler.is_compiling
 _inference_mode = torch.is_inference_mode_enabled
 _grad_enabled = torch.is_grad_enabled
@@ -179,12 +180,12 @@ def call_eager(op, args: tuple, x: torch.Tensor, w_scale: torch.Tensor, bias: to
     if _is_compiling():
         return op(*args)
     if _inference_mode():  # autograd is off already: nothing can need a gradient
-        return _UNBOXED[op](*args)
+        return UNBOXED[op](*args)
     if _grad_enabled() and (x.requires_grad or w_scale.requires_grad
                             or (bias is not None and bias.requires_grad)):
         return op(*args)
     with _BelowAutograd():
-        return _UNBOXED[op](*args)
+        return UNBOXED[op](*args)
 
 
 # ---- kernel ISA selection (csrc/kernels/dispatch.cpp) ----
