@@ -408,7 +408,10 @@ void run_entry(const KernelEntry& kernel, const float* x, int64_t M, const BsrWe
   if (kernel.panel) {
     const int64_t rows16 = (M + 15) / 16 * 16;
     int64_t mc = rows16;
-    if (rows16 * ld > kPanelBytes) mc = std::max<int64_t>(64, kPanelBytes / ld / 64 * 64);
+    // The AVX2 kernels widen each chunk to int16 (panel_i16_avx2.h): half the rows, so the
+    // widened chunk is the one that stays in L2.
+    const int64_t panel_bytes = isa == Isa::kAvx2 ? kPanelBytes / 2 : kPanelBytes;
+    if (rows16 * ld > panel_bytes) mc = std::max<int64_t>(64, panel_bytes / ld / 64 * 64);
     mc = std::min(kernel.chunk_rows > 0 ? kernel.chunk_rows : mc, rows16);
     const int64_t n_chunks = (M + mc - 1) / mc;
     const int64_t padded = n_chunks * mc;
