@@ -106,61 +106,123 @@ SQFX_WO_AVX2 inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+template <typename Index>
+SQFX_WO_AVX2 bool cols_in_range(const Index* col_idx, int64_t j0, int64_t j1, int64_t n_col_blocks) {
+  // Limit 2^31 at most: an int32 index >= 0 is then always below it, a negative one never.
+  const uint32_t limit = static_cast<uint32_t>(std::min<int64_t>(n_col_blocks, int64_t{1} << 31));
+  uint32_t bad = 0;
+  for (int64_t j = j0; j < j1; ++j) bad |= static_cast<uint32_t>(static_cast<int32_t>(col_idx[j])) >= limit;
+  return bad == 0;
+}
+
+SQFX_WO_AVX2 inline __m128 hsum4(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_add_ss(s, _mm_movehdup_ps(s));
+}
+
+// Two consecutive 1x4 blocks j, j + 1 of a row: their 8 int8 values are contiguous, their
+// activations come from two block columns.
+template <typename Index>
+SQFX_WO_AVX2 inline __m256 fma_2blocks(const float* x, const WoWeight& w, const Index* col_idx, int64_t j,
+                                       __m256 acc) {
+  int64_t bits;
+  std::memcpy(&bits, w.values + j * 4, 8);
+  const __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bits)));
+  const __m256 xv = _mm256_insertf128_ps(
+      _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4)),
+      _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 1]) * 4), 1);
+  return _mm256_fmadd_ps(xv, wf, acc);
+}
+
+template <typename Index>
+SQFX_WO_AVX2 inline __m128 fma_block(const float* x, const WoWeight& w, const Index* col_idx, int64_t j,
+                                     __m128 acc) {
+  int32_t bits;
+  std::memcpy(&bits, w.values + j * 4, 4);
+  const __m128 wf = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bits)));
+  return _mm_fmadd_ps(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4), wf, acc);
+}
+
+// Blocks [j, j_end) of one row of 1x4 blocks: the 4 partial sums (lanes of the result).
+template <typename Index>
+SQFX_WO_AVX2 inline __m128 row_1x4(const float* x, const WoWeight& w, const Index* col_idx, int64_t j,
+                                   int64_t j_end) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; j + 4 <= j_end; j += 4) {
+    acc0 = fma_2blocks(x, w, col_idx, j, acc0);
+    acc1 = fma_2blocks(x, w, col_idx, j + 2, acc1);
+  }
+  if (j + 2 <= j_end) {
+    acc0 = fma_2blocks(x, w, col_idx, j, acc0);
+    j += 2;
+  }
+  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  if (j < j_end) s = fma_block(x, w, col_idx, j, s);
+  return s;
+}
+
+// Output rows i .. i + 3 of 1x4 blocks for one input row x (y: that row's outputs). Rows are
+// short (384 inputs at 80% is ~19 blocks), so one row at a time is bound by the FMA chain
+// and its horizontal sum; four rows give four independent chains over their common length
+// and one transpose-add for the four sums.
+template <typename Index>
+SQFX_WO_AVX2 inline void rows4_1x4(const float* x, const WoWeight& w, const Index* col_idx, int64_t i,
+                                   bool relu, float* y) {
+  int64_t j[4], e[4];
+  for (int r = 0; r < 4; ++r) {
+    j[r] = w.row_ptr[i + r];
+    e[r] = w.row_ptr[i + r + 1];
+  }
+  const int64_t common = std::min(std::min(e[0] - j[0], e[1] - j[1]), std::min(e[2] - j[2], e[3] - j[3])) / 2 * 2;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  for (int64_t t = 0; t < common; t += 2) {
+    acc0 = fma_2blocks(x, w, col_idx, j[0] + t, acc0);
+    acc1 = fma_2blocks(x, w, col_idx, j[1] + t, acc1);
+    acc2 = fma_2blocks(x, w, col_idx, j[2] + t, acc2);
+    acc3 = fma_2blocks(x, w, col_idx, j[3] + t, acc3);
+  }
+  __m128 s[4];
+  const __m256 accs[4] = {acc0, acc1, acc2, acc3};
+  for (int r = 0; r < 4; ++r) {
+    s[r] = _mm_add_ps(_mm256_castps256_ps128(accs[r]), _mm256_extractf128_ps(accs[r], 1));
+    s[r] = _mm_add_ps(s[r], row_1x4(x, w, col_idx, j[r] + common, e[r]));  // the row's own tail
+  }
+  __m128 v = _mm_hadd_ps(_mm_hadd_ps(s[0], s[1]), _mm_hadd_ps(s[2], s[3]));  // the 4 row sums
+  v = _mm_mul_ps(v, _mm_loadu_ps(w.w_scale + i));
+  if (w.bias) v = _mm_add_ps(v, _mm_loadu_ps(w.bias + i));
+  if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);  // max(0, NaN) is NaN, as torch.relu keeps it
+  _mm_storeu_ps(y + i, v);
+}
+
 // AVX2 + FMA: the int8 weights of each block row are widened to fp32 in
-// registers (never written back), 8 or 4 columns at a time. Two accumulators
-// alternate between blocks to hide the FMA latency of 1x4 blocks.
+// registers (never written back), 8 or 4 columns at a time; 1x4 blocks take
+// rows4_1x4 (four output rows' chains interleaved), other shapes alternate two
+// accumulators between blocks.
 template <typename Index>
 SQFX_WO_AVX2 bool wo_avx2_impl(const Rows& a, const WoWeight& w, const Index* col_idx, float* out,
                           bool relu, int64_t rb_begin, int64_t rb_end) {
   const int64_t rb = w.row_block, cb = w.col_block, block = rb * cb;
-  bool ok = true;
-  for (int64_t i = rb_begin; i < rb_end; ++i) {
-    const int64_t j0 = w.row_ptr[i], j1 = w.row_ptr[i + 1];
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t col = static_cast<int64_t>(col_idx[j]);
-      if (col < 0 || col >= w.n_col_blocks) ok = false;
+  // Every block column of the range, before any is read: one vectorized pass (an OR of
+  // unsigned compares, negative reads as huge), a small share of a pass over the values.
+  if (!cols_in_range(col_idx, w.row_ptr[rb_begin], w.row_ptr[rb_end], w.n_col_blocks)) return false;
+  if (rb == 1 && cb == 4) {
+    // Groups of 4 output rows outermost: their weights stay in L1 while every input row passes.
+    int64_t i = rb_begin;
+    for (; i + 4 <= rb_end; i += 4) {
+      for (int64_t m = 0; m < a.M; ++m) rows4_1x4(a.x + m * a.ld, w, col_idx, i, relu, out + m * w.N);
     }
-    if (!ok) return false;  // the op raises; nothing below reads out of range
-    if (rb == 1 && cb == 4) {
-      // The default 1x4 blocks: the int8 values of consecutive blocks are contiguous, so two
-      // blocks are one 8-wide FMA (their x halves gathered from two columns); four blocks per
-      // step over two accumulators.
+    for (; i < rb_end; ++i) {
       for (int64_t m = 0; m < a.M; ++m) {
-        const float* x = a.x + m * a.ld;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int64_t j = j0;
-        for (; j + 4 <= j1; j += 4) {
-          int64_t b01, b23;
-          std::memcpy(&b01, w.values + j * 4, 8);
-          std::memcpy(&b23, w.values + j * 4 + 8, 8);
-          const __m256 w01 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b01)));
-          const __m256 w23 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b23)));
-          const __m256 x01 = _mm256_insertf128_ps(
-              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4)),
-              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 1]) * 4), 1);
-          const __m256 x23 = _mm256_insertf128_ps(
-              _mm256_castps128_ps256(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 2]) * 4)),
-              _mm_loadu_ps(x + static_cast<int64_t>(col_idx[j + 3]) * 4), 1);
-          acc0 = _mm256_fmadd_ps(x01, w01, acc0);
-          acc1 = _mm256_fmadd_ps(x23, w23, acc1);
-        }
-        __m128 acc4 = _mm_setzero_ps();
-        for (; j < j1; ++j) {
-          int32_t bits;
-          std::memcpy(&bits, w.values + j * 4, 4);
-          const __m128 wf = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bits)));
-          acc4 = _mm_fmadd_ps(_mm_loadu_ps(x + static_cast<int64_t>(col_idx[j]) * 4), wf, acc4);
-        }
-        const __m256 acc01 = _mm256_add_ps(acc0, acc1);
-        const __m128 lo = _mm256_castps256_ps128(acc01);
-        const __m128 hi = _mm256_extractf128_ps(acc01, 1);
-        __m128 s = _mm_add_ps(_mm_add_ps(lo, hi), acc4);
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        const __m128 s = hsum4(row_1x4(a.x + m * a.ld, w, col_idx, w.row_ptr[i], w.row_ptr[i + 1]));
         out[m * w.N + i] = finish(_mm_cvtss_f32(s), w, i, relu);
       }
-      continue;
     }
+    return true;
+  }
+  for (int64_t i = rb_begin; i < rb_end; ++i) {
+    const int64_t j0 = w.row_ptr[i], j1 = w.row_ptr[i + 1];
     for (int64_t m = 0; m < a.M; ++m) {
       const float* x = a.x + m * a.ld;
       for (int64_t r = 0; r < rb; ++r) {
@@ -197,7 +259,7 @@ SQFX_WO_AVX2 bool wo_avx2_impl(const Rows& a, const WoWeight& w, const Index* co
       }
     }
   }
-  return ok;
+  return true;
 }
 
 #endif
