@@ -52,7 +52,7 @@ def test_matches_reference(kernel, n, k, m, block, sparsity, bias, relu, per_cha
     assert_close_to_reference(packed, x, relu)
 
 
-# Every tiled kernel: rowdot (dense-ish, M < 64), fp32 panel (dense-ish, M >= 64), transposed
+# Every tiled kernel: rowdot (every block stored, M < 8), fp32 panel (dense-ish, M >= 8), transposed
 # bsr (sparse, M >= 16), with ragged M, N and K tails against the tiles' 3/6/12 rows, 4/16/32
 # output rows and 8/16 lanes; the dense layout too.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
@@ -79,6 +79,16 @@ def test_rowdot_blocks_of_input_rows(kernel, sparsity):
     x = torch.randn(77, 2003, generator=torch.Generator().manual_seed(2))
     for relu in (False, True):
         assert_close_to_reference(packed, x, relu)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_dense_panel_chunks_of_input_rows(kernel, sparsity):
+    # The fp32 panel kernel passes over the input rows in chunks of about 3 MB (kDenseChunkBytes:
+    # 392 rows at K = 2003), dequantizing each panel again per chunk; a ragged last chunk, and
+    # partly stored rows (0.5) through the int8-row dequantization.
+    packed = random_packed(37, 2003, (1, 4), sparsity, seed=10)
+    x = torch.randn(800, 2003, generator=torch.Generator().manual_seed(3))
+    assert_close_to_reference(packed, x, relu=False)
 
 
 def test_kernels_agree_and_fit_fp32_linear():
@@ -247,7 +257,7 @@ def test_compiles_fullgraph_dynamic():
         torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("m", [1, 7, 300])  # rowdot, and the fp32 panel from M = 256 (AVX-512) / 64 (AVX2)
+@pytest.mark.parametrize("m", [2, 7, 300])  # rowdot, and the fp32 panel from M = 256 (AVX-512) / 8 (AVX2)
 @pytest.mark.parametrize("block", [(1, 4), (2, 4)])
 def test_repeated_block_columns_add_on_every_kernel(kernel, m, block):
     # A crafted weight (only sqfx.load checks the column order) may store a block column twice in

@@ -59,7 +59,7 @@ constexpr int64_t kTiledMaxRowsVnni = 8;
 constexpr int64_t kTiledMaxRowsAvx2 = 3;
 // Weight-only: mostly dense layers run the fp32 panel kernel from these M on;
 // mostly sparse ones the transposed-activation tiles from kWoTileMinRows on.
-constexpr int64_t kWoPanelMinRowsVnni = 256, kWoPanelMinRowsAvx2 = 64, kWoTileMinRows = 16;
+constexpr int64_t kWoPanelMinRowsVnni = 256, kWoPanelMinRowsAvx2 = 8, kWoTileMinRows = 16;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 // Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
 // ISA is forced: force_isa selects our own kernels of that ISA).
@@ -143,14 +143,22 @@ const KernelEntry kTable[] = {
     {"qd8_bsr8x1_rows8__avx2",             D, Isa::kAvx2,       BlockRule::k8x1,  Layout::kAny,    1, kNoLimit,                true, bsr_8x1_avx2, nullptr, nullptr},
     // Weight-only: AVX-512 rows need only AVX-512F/BW/VL, which every avx512vnni CPU has.
     // Mostly dense: rowdot (int8 widened in registers) below, the fp32 panel from the
-    // measured crossover up (768x3072 and 3072x768 at 0%: the AVX-512 panel ahead from M =
-    // 512, AVX2's from 64-128). Mostly sparse: the per-row kernel below 16 rows, then the
+    // measured crossover up (AVX2, Zen1, MiniLM shapes and 3072x768 at 0%, since the panel's
+    // dequantization is vectorized: the panel ahead from M = 8; the AVX-512 crossover, 512 on
+    // 768x3072 and 3072x768, was measured with the scalar dequantization and wants re-measuring).
+    // AVX2 below M = 8: rowdot only where every block is stored (it copies each partly stored
+    // row into an int8 row per call: at 50% 1.1-2.7x slower than the per-row kernel,
+    // f32_qc8w_bsr__avx2), and for 1x4 blocks not at M = 1, where the per-row kernel wins at 0%
+    // too (384x384 34.4 us against 42.5, 3072x768 314 against 388: rowdot checks every block's
+    // column per call). 1x8 and the dense layout keep rowdot at M = 1 (3072x768: 318 / 237 us
+    // against 498 / 332). Mostly sparse: the per-row kernel below 16 rows, then the
     // transposed-activation tiles; AVX-512 CPUs run the 32-row AVX2 tile up to M = 32 (a
     // half-empty 64-row tile was slower: 768x3072 80%, 0.87 ms against 0.65 ms at M = 16-32).
     {"f32_qc8w_rowdot6x4__avx512vnni",     W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  1, kWoPanelMinRowsVnni - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_6x4_avx512},
     {"f32_qc8w_dense12x32__avx512vnni",    W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsVnni, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_dense_12x32_avx512},
     {"f32_qc8w_bsr_m64__avx512vnni",       W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlySparse, kWoBsrMt256 + 1, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_bsr_m64_avx512},
-    {"f32_qc8w_rowdot3x4__avx2",           W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlyDense,  1, kWoPanelMinRowsAvx2 - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_3x4_avx2},
+    {"f32_qc8w_bsr1x4_rows4__avx2",        W, Isa::kAvx2,       BlockRule::k1x4,  Layout::kAny,          1, 1,                     false, nullptr, nullptr, wo_avx2},
+    {"f32_qc8w_rowdot3x4__avx2",           W, Isa::kAvx2,       BlockRule::kAny,  Layout::kFull,         1, kWoPanelMinRowsAvx2 - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_3x4_avx2},
     {"f32_qc8w_dense6x16__avx2",           W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsAvx2, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_dense_6x16_avx2},
     {"f32_qc8w_bsr_m32__avx2",             W, Isa::kAvx2,       BlockRule::kAny,  Layout::kMostlySparse, kWoTileMinRows, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_bsr_m32_avx2},
     {"f32_qc8w_bsr__avx2",                 W, Isa::kAvx2,       BlockRule::kAny,  Layout::kAny,    1, kNoLimit,                false, nullptr, nullptr, wo_avx2},
@@ -350,6 +358,7 @@ const KernelEntry& select_from(const KernelEntry* from, Op op, Isa isa, const Bs
     if (e.layout == Layout::kMostlyDense && !mostly_dense) continue;
     if (e.layout == Layout::kMostlySparse && mostly_dense) continue;
     if (e.layout == Layout::kSparseDensifiable && !densifiable) continue;
+    if (e.layout == Layout::kFull && w.nnz != blocks) continue;
     if (m < e.m_min || m > e.m_max) continue;
     if (e.usable != nullptr && !e.usable()) continue;
     return e;

@@ -227,6 +227,7 @@ enum class Layout : int {
   kMostlyDense,   // at least kDenseMinPercent of the blocks stored (the dense layout too)
   kMostlySparse,  // fewer
   kSparseDensifiable,  // sparse (not the dense layout) with at least kDensifyMinPercent of the blocks
+  kFull,          // every block slot stored (0% sparse; the dense layout too)
   kAny,
 };
 // Where, at large M on a CPU whose oneDNN int8 GEMM uses AMX tiles, scattering a sparse 1x4

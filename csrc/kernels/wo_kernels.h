@@ -25,7 +25,9 @@ struct WoRows {
 };
 
 // Output rows [panel_begin * NR, panel_end * NR) of out [M, N]; panel: scratch of
-// n_col_blocks * col_block * NR floats.
+// wo_dense_scratch_floats(ld, NR) floats (ld = n_col_blocks * col_block): the fp32 panel, then
+// the int8 rows it is dequantized from.
+constexpr int64_t wo_dense_scratch_floats(int64_t ld, int64_t nr) { return ld * nr + ((nr + 1) * ld + 3) / 4; }
 bool wo_f32_dense_12x32_avx512(const WoRows& a, const BsrWeight& w, bool relu, float* out,
                                int64_t panel_begin, int64_t panel_end, float* panel);
 bool wo_f32_dense_6x16_avx2(const WoRows& a, const BsrWeight& w, bool relu, float* out,
