@@ -230,12 +230,14 @@ std::vector<int64_t> kernel_m_breaks() {
   return breaks;
 }
 
-// Every row of the kernel table, in search order (docs, tests).
+// Every kernel of the table, in search order, once each (one kernel may serve several rows,
+// e.g. M ranges that differ by CPU feature or in_features) (docs, tests).
 std::vector<std::string> kernel_names() {
   int count = 0;
   const KernelEntry* table = kernel_table(&count);
   std::vector<std::string> names;
-  for (int i = 0; i < count; ++i) names.emplace_back(table[i].name);
+  for (int i = 0; i < count; ++i)
+    if (std::find(names.begin(), names.end(), table[i].name) == names.end()) names.emplace_back(table[i].name);
   return names;
 }
 

@@ -211,7 +211,8 @@ def active_isa() -> str:
 
 
 def kernel_names() -> list[str]:
-    """Every kernel of the op's kernel table (csrc/kernels/dispatch.cpp), in search order."""
+    """Every kernel of the op's kernel table (csrc/kernels/dispatch.cpp), in search order, once
+    each (a kernel can serve several rows of the table)."""
     return list(torch.ops.sqfx._kernel_names())
 
 

@@ -276,3 +276,38 @@ def test_dense_onednn_path_ignores_a_tampered_w_sum(m):
     p.w_sum = p.w_sum + torch.arange(40, dtype=torch.int32) % 5 - 2
     x = torch.randn(m, 200)
     assert_same(call_op(p, x), call_reference(p, x))
+
+
+DENSE_ROWS = "qd8_dense_rows4x4__avx512vnni"
+
+
+@pytest.mark.skipif("avx512vnni" not in sqfx.ops.available_isas(), reason="needs an AVX-512 VNNI CPU")
+@pytest.mark.parametrize("n,k", [(1, 4), (7, 60), (16, 64), (37, 200), (64, 2048), (13, 2100)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_rows_tile_matches_reference(n, k, bias):
+    """The VNNI dense row tile (4 input x 4 output rows, vectors along K): every M edge (M % 4,
+    N % 4), K % 64 tails, K_pad >= 2048 (where it serves up to M = 128), NaN / Inf / zero rows,
+    ReLU; exact bits against the reference."""
+    p = random_packed(n, k, (1, 4), 0.0, bias=bias, seed=n + k, layout="dense")
+    k_pad = p.values.shape[1] if p.values.dim() == 2 else k
+    for m in [4, 5, 6, 7, 8, 13, 15, 16, 17, 31, 32, 33, 100, 128, 129]:
+        served = p.kernel_for(m) == DENSE_ROWS
+        if m <= 15:
+            assert served, (m, p.kernel_for(m))
+        if not served:
+            continue
+        x = with_special_rows(torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 2)
+        for relu in (False, True):
+            assert_same(p(x, relu), call_reference(p, x, relu), f"n={n} k={k} (k_pad {k_pad}) m={m} relu={relu}")
+
+
+@pytest.mark.skipif("avx512vnni" not in sqfx.ops.available_isas(), reason="needs an AVX-512 VNNI CPU")
+@pytest.mark.parametrize("m", [4, 9, 30])
+def test_dense_rows_tile_rejects_nonzero_column(m):
+    p = pack(torch.randn(18, 64), block=(1, 4), layout="dense")
+    assert p.kernel_for(m) == DENSE_ROWS or m > 15
+    col_idx = p.col_idx.clone()
+    col_idx[17] = 1
+    with pytest.raises(RuntimeError, match="col_idx holds a block column index outside"):
+        torch.ops.sqfx.qlinear_dynamic(torch.randn(m, 64), p.values, p.row_ptr, col_idx, p.w_scale,
+                                       p.w_sum, p.bias, 64, False)

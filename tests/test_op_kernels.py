@@ -158,7 +158,8 @@ def test_layout_auto_and_kernel_names():
         assert pack(w, block=(1, 8)).kernel_for(64).startswith("qd8_bsr1x4c_panel")  # the GEMM is 1x4 only
         with sqfx.ops.force_isa(best):  # forced: our own dense kernel, never oneDNN
             assert dense.kernel_for(64).startswith("qd8_dense_panel") and dense.kernel_for(64).endswith(best)
-        assert dense.kernel_for(8).startswith("qd8_dense_panel")
+        # few rows: the VNNI 4 x 4 row tile along K; AVX2 keeps its panel kernel
+        assert dense.kernel_for(8) == ("qd8_dense_rows4x4__avx512vnni" if best == "avx512vnni" else "qd8_dense_panel2x16__avx2")
         assert pack(w, block=(8, 1)).kernel == "qd8_bsr8x1_rows8__avx2"  # on VNNI CPUs too
         assert sparse.kernel.startswith(f"qd8_bsr1x4_tiled16x32__{best} (M 1-")
     assert pack(w, block=(4, 4)).kernel == "qd8_bsr__scalar"

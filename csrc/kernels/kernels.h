@@ -160,6 +160,9 @@ bool dense_panel_avx2(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                       float* out, bool relu, int64_t rb_begin, int64_t rb_end);
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w,
                             float* out, bool relu, int64_t rb_begin, int64_t rb_end);
+// Dense layout, few input rows (M ~4-64): row-major activations, 4 x 4 register tile along K.
+bool dense_rows_avx512vnni(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
+                           int64_t rb_begin, int64_t rb_end);
 // Token-batch sparse GEMM for 1x4 blocks (col_block == 4), panel activations
 // (any mc, best 64), K and N cache blocking (gemm_1x4_driver.h). Register
 // tile: 64 input rows x 1 output row (VNNI), 32 x 1 (AVX2, exact int16 madd).
@@ -259,6 +262,7 @@ struct KernelEntry {
   int64_t chunk_rows;    // panel kernels: rows per panel chunk (0: sized to stay in L2)
   bool (*usable)();      // optional run-time condition (a probe, an env switch)
   CallKernel call;       // runs the whole call itself (its own quantizer and scratch)
+  int64_t k_min;         // least padded in_features (0: any)
 };
 
 // Weight-only drivers (wo_drivers_x86.cpp): the `call` of the f32_qc8w_* tiled rows.
