@@ -57,9 +57,11 @@ constexpr int64_t kPanelMinRows = 4;
 // at M = 12 the VNNI tiled kernel is 0.91-1.32x the panel one, at M = 8 1.05-1.81x).
 constexpr int64_t kTiledMaxRowsVnni = 8;
 constexpr int64_t kTiledMaxRowsAvx2 = 3;
-// Weight-only: mostly dense layers run the fp32 panel kernel from these M on;
+// Weight-only: mostly dense layers run the fp32 panel kernel from these M on (AVX-512: up to
+// kWoRowdotMaxRowsLongK where padded in_features >= kWoRowdotLongK, rowdot below that);
 // mostly sparse ones the transposed-activation tiles from kWoTileMinRows on.
-constexpr int64_t kWoPanelMinRowsVnni = 256, kWoPanelMinRowsAvx2 = 8, kWoTileMinRows = 16;
+constexpr int64_t kWoPanelMinRowsVnni = 24, kWoPanelMinRowsAvx2 = 8, kWoTileMinRows = 16;
+constexpr int64_t kWoRowdotMaxRowsLongK = 255, kWoRowdotLongK = 2048;
 constexpr int64_t kPanelBytes = 256 * 1024;  // a chunk of activations stays in L2
 // Dense layout from this many rows on: oneDNN through aten::_int_mm (unless an
 // ISA is forced: force_isa selects our own kernels of that ISA).
@@ -157,8 +159,10 @@ const KernelEntry kTable[] = {
     // Weight-only: AVX-512 rows need only AVX-512F/BW/VL, which every avx512vnni CPU has.
     // Mostly dense: rowdot (int8 widened in registers) below, the fp32 panel from the
     // measured crossover up (AVX2, Zen1, MiniLM shapes and 3072x768 at 0%, since the panel's
-    // dequantization is vectorized: the panel ahead from M = 8; the AVX-512 crossover, 512 on
-    // 768x3072 and 3072x768, was measured with the scalar dequantization and wants re-measuring).
+    // dequantization is vectorized: the panel ahead from M = 8. AVX-512, Zen 4, 2 threads, 0%:
+    // rowdot ahead at M = 4-8 (1.1-2.4x), tied at 16, the panel ahead from 32 at K <= 1536
+    // (1.0-1.4x, 768x768 M=128 0.85x -> 1.14x fp32) and 3072x768 M=128 (1.4x); rowdot still ahead
+    // at K = 3072-4096 (768x3072 M=128 1.24x, 4096x4096 M=32 1.5x), hence the K rule.)
     // AVX2 below M = 8: rowdot only where every block is stored (it copies each partly stored
     // row into an int8 row per call: at 50% 1.1-2.7x slower than the per-row kernel,
     // f32_qc8w_bsr__avx2), and for 1x4 blocks not at M = 1, where the per-row kernel wins at 0%
@@ -168,6 +172,7 @@ const KernelEntry kTable[] = {
     // transposed-activation tiles; AVX-512 CPUs run the 32-row AVX2 tile up to M = 32 (a
     // half-empty 64-row tile was slower: 768x3072 80%, 0.87 ms against 0.65 ms at M = 16-32).
     {"f32_qc8w_rowdot6x4__avx512vnni",     W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  1, kWoPanelMinRowsVnni - 1, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_6x4_avx512},
+    {"f32_qc8w_rowdot6x4__avx512vnni",     W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsVnni, kWoRowdotMaxRowsLongK, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_rowdot_6x4_avx512, kWoRowdotLongK},
     {"f32_qc8w_dense12x32__avx512vnni",    W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlyDense,  kWoPanelMinRowsVnni, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_dense_12x32_avx512},
     {"f32_qc8w_bsr_m64__avx512vnni",       W, Isa::kAvx512Vnni, BlockRule::kAny,  Layout::kMostlySparse, kWoBsrMt256 + 1, kNoLimit, false, nullptr, nullptr, nullptr, 0, nullptr, wo_call_bsr_m64_avx512},
     {"f32_qc8w_bsr1x4_rows4__avx2",        W, Isa::kAvx2,       BlockRule::k1x4,  Layout::kAny,          1, 1,                     false, nullptr, nullptr, wo_avx2},
