@@ -204,8 +204,10 @@ bool wo_avx2(const FloatRows& a, const BsrWeight& w, float* out, bool relu,
              int64_t rb_begin, int64_t rb_end);
 
 // ---------------------------------------------------------------------------
-// The kernel table (dispatch.cpp): one row per kernel, searched in order, the
-// first row that matches {op, ISA, block rule, layout, M range, K range} runs.
+// The kernel table (dispatch.cpp): rows searched in order, the first row that
+// matches {op, ISA, block rule, layout, M range, K range (k_min), usable()} runs.
+// A kernel may have several rows (an M range that depends on the CPU, or on
+// in_features); sqfx.ops.kernel_names() lists each kernel once.
 //
 // To add a kernel: write it with one of the three signatures above (a new
 // csrc/kernels/<family>_<isa>.cpp file is picked up by setup.py's source rules),
