@@ -157,12 +157,36 @@ SQFX_AVX512 RowParams row_params_avx512(const float* row, int64_t K) {
   return params_from_range(lo, hi, finite);
 }
 
+// 16 values: round-half-even(v * inv) + z as int32 (the rounding is the conversion's own,
+// embedded, so it does not depend on MXCSR). Exact: |v * inv| <= ~256 for a finite row.
+SQFX_AVX512 inline __m512i q16_epi32(const float* src, __m512 inv, __m512i zi) {
+  const __m512i r = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(src), inv),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_add_epi32(r, zi);
+}
+
 SQFX_AVX512 void quantize_values_avx512(const float* row, int64_t K, const RowParams& p, uint8_t* q,
                                         uint8_t flip = 0) {
   const __m512 inv = _mm512_set1_ps(p.inv), z = _mm512_set1_ps(p.z);
   const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
   const __m128i flip16 = _mm_set1_epi8(static_cast<char>(flip));
-  for (int64_t k = 0; k < K; k += 16) {
+  int64_t k = 0;
+  if (K >= 64) {
+    // 64 values per step. The int32 results lie in [-1, 256] or so; the unsigned-saturating
+    // packs (int32 -> u16 -> u8) clamp them to [0, 255] exactly as the float clamp below does
+    // for integers, in 3 shuffles instead of 4 vpmovdb and 8 min / max.
+    const __m512i zi = _mm512_set1_epi32(static_cast<int32_t>(p.z));
+    const __m512i flip64 = _mm512_set1_epi8(static_cast<char>(flip));
+    // packs work per 128-bit lane: dword j of lane l holds values 16 j + 4 l .. + 3
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (; k + 64 <= K; k += 64) {
+      const __m512i a = q16_epi32(row + k, inv, zi), b = q16_epi32(row + k + 16, inv, zi);
+      const __m512i c = q16_epi32(row + k + 32, inv, zi), d = q16_epi32(row + k + 48, inv, zi);
+      const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_packus_epi32(c, d));
+      _mm512_storeu_si512(q + k, _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), flip64));
+    }
+  }
+  for (; k < K; k += 16) {
     const __mmask16 m = K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
     __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + k), inv);
     v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
