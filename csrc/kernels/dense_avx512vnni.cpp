@@ -1,7 +1,7 @@
 // AVX-512 VNNI dense int8 kernels for the dense layout (pack(layout="dense"):
 // each output row one 1 x K_padded block, block column 0).
 //
-// rows kernel (few input rows, M 4 to ~64): row-major activations, register tile
+// rows kernel (few input rows: M 4-32, to 128 at long K; dispatch.cpp): row-major activations, register tile
 // of 4 input rows x 4 output rows with vectors along K: each 64-byte load of a
 // weight row feeds 4 vpdpbusd, each activation load 4, and every lane is a real
 // product (the panel kernel's 16-row vectors are half empty at M = 8). The 16
