@@ -191,6 +191,16 @@ void panel_group(const PanelRows& a, const uint8_t* panel, int64_t m0, int64_t r
   }
 }
 
+// The dense layout stores block column 0 in every row; its kernels ignore col_idx, so they
+// check that it is 0 for their rows [rb_begin, rb_end).
+bool block_columns_zero(const BsrWeight& w, int64_t rb_begin, int64_t rb_end) {
+  bool ok = true;
+  for (int64_t n = rb_begin; n < rb_end; ++n)
+    ok &= w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n] == 0
+                       : static_cast<const int32_t*>(w.col_idx)[n] == 0;
+  return ok;
+}
+
 }  // namespace
 
 bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& w, float* out,
@@ -198,12 +208,7 @@ bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& 
   const int64_t m0 = chunk * a.mc;
   const int64_t rows = a.M - m0 < a.mc ? a.M - m0 : a.mc;
   const uint8_t* panel = a.data + chunk * a.groups * a.mc * 4;
-  // The dense layout stores block column 0 in every row; check what we ignore.
-  bool ok = true;
-  for (int64_t n = rb_begin; n < rb_end; ++n)
-    ok &= w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n] == 0
-                       : static_cast<const int32_t*>(w.col_idx)[n] == 0;
-  if (!ok) return false;
+  if (!block_columns_zero(w, rb_begin, rb_end)) return false;
   thread_local std::vector<float> tile_buffer;
   constexpr int64_t kTileN = x86::kTileN;  // a multiple of 4
   if (static_cast<int64_t>(tile_buffer.size()) < a.mc * kTileN) tile_buffer.resize(a.mc * kTileN);
@@ -220,12 +225,7 @@ bool dense_panel_avx512vnni(const PanelRows& a, int64_t chunk, const BsrWeight& 
 
 bool dense_rows_avx512vnni(const QuantizedRows& a, const BsrWeight& w, float* out, bool relu,
                            int64_t rb_begin, int64_t rb_end) {
-  // The dense layout stores block column 0 in every row; check what we ignore.
-  bool ok = true;
-  for (int64_t n = rb_begin; n < rb_end; ++n)
-    ok &= w.col_idx_16 ? static_cast<const int16_t*>(w.col_idx)[n] == 0
-                       : static_cast<const int32_t*>(w.col_idx)[n] == 0;
-  if (!ok) return false;
+  if (!block_columns_zero(w, rb_begin, rb_end)) return false;
   // Output rows outer: a group's 4 weight rows (4 x K_pad bytes) stay in L1 while every input
   // row passes over them, so the weights are read from memory once per call.
   int64_t n = rb_begin;
